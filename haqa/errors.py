@@ -1,0 +1,47 @@
+"""Errors a user can cause and fix: one clear message and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class UserError(Exception):
+    """Bad input or a missing prerequisite. The message says what, where, and what to do next."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+
+class ToolFailed(Exception):
+    """A llama.cpp tool exited non-zero or timed out. Carries the tail of its output for the report."""
+
+    def __init__(self, argv: list[str], returncode: int | None, output_tail: str, *, timed_out: bool = False):
+        what = "timed out" if timed_out else f"exited with code {returncode}"
+        super().__init__(f"{argv[0]} {what}:\n{output_tail}")
+        self.argv = argv
+        self.returncode = returncode
+        self.output_tail = output_tail
+        self.timed_out = timed_out
+
+
+def close_match(word: str, choices: Iterable[str]) -> str | None:
+    """The closest valid choice to a misspelt word, if there is a plausible one."""
+    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    if not matches:
+        lowered = {c.lower(): c for c in choices}
+        matches = [lowered[word.lower()]] if word.lower() in lowered else []
+    return matches[0] if matches else None
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean X?)' or ''."""
+    match = close_match(word, choices)
+    return f" (did you mean '{match}'?)" if match else ""

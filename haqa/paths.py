@@ -1,0 +1,43 @@
+"""Where haqa keeps things: the catalog of targets and recipes, and the content-addressed cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The built-in catalog lives beside the package in the repository (targets/, recipes/).
+REPO_DIR = PACKAGE_DIR.parent
+
+
+def cache_home() -> Path:
+    """Root of haqa's cache on this machine ($HAQA_HOME, else $XDG_CACHE_HOME/haqa, else ~/.cache/haqa)."""
+    if os.environ.get("HAQA_HOME"):
+        return Path(os.environ["HAQA_HOME"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "haqa"
+
+
+def catalog_dirs(kind: str) -> list[Path]:
+    """Folders searched for `kind` ('targets' or 'recipes'), first match wins.
+
+    The project folder (the current directory) first, then the user's config folder, then the
+    built-in catalog, as PlatformIO does for boards. $HAQA_<KIND>_PATH (os.pathsep-separated) goes
+    before all of them.
+    """
+    dirs: list[Path] = []
+    extra = os.environ.get(f"HAQA_{kind.upper()}_PATH")
+    if extra:
+        dirs += [Path(p).expanduser() for p in extra.split(os.pathsep) if p]
+    dirs.append(Path.cwd() / kind)
+    config = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "haqa" / kind
+    dirs.append(config)
+    dirs.append(REPO_DIR / kind)
+    seen: set[Path] = set()
+    unique = []
+    for d in dirs:
+        r = d.resolve()
+        if r not in seen:
+            seen.add(r)
+            unique.append(d)
+    return unique
