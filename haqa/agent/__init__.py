@@ -1,0 +1,1 @@
+"""Choosing a configuration: candidates, the rule (later the agent) that picks one, and why."""

@@ -1,0 +1,54 @@
+"""Write dist/<recipe>@<target>/ atomically: build it in a temporary folder beside it, then swap it in.
+
+A failed or interrupted write leaves no half-written bundle, and the previous good one stays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from haqa.bundle import run_script
+from haqa.toolchain.source import sha256_file
+
+LOCK_NAME = "haqa.lock.json"
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)  # GGUFs in the cache are never modified, so a hard link is safe and instant
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def write_bundle(out_dir: Path, *, model: Path, model_name: str, server_binary: Path, lock: dict,
+                 server_args: list[str], label: str, alias: str) -> Path:
+    out_dir = out_dir.resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        _link_or_copy(model, tmp / model_name)
+        (tmp / "bin").mkdir()
+        shutil.copy2(server_binary, tmp / "bin" / "llama-server")
+        script = tmp / "run.sh"
+        script.write_text(run_script.render(label, model_name, alias, server_args))
+        script.chmod(0o755)
+        lock = {**lock, "files": {
+            name: sha256_file(tmp / name) for name in (model_name, "bin/llama-server", "run.sh")
+        }}
+        (tmp / LOCK_NAME).write_text(json.dumps(lock, indent=2, sort_keys=False) + "\n")
+        os.chmod(tmp, 0o755)
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+            os.replace(out_dir, old / "b")
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

@@ -1,0 +1,62 @@
+"""The `haqa` command line: click groups by noun (targets, recipes, toolchain) plus `deploy`.
+
+Thin: parse, call, print. A UserError becomes one message on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from haqa import __version__
+from haqa.errors import UserError
+
+REPORT_URL = "the haqa issue tracker"
+
+
+class HaqaGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            click.secho(f"error: {e.message}", fg="red", err=True)
+            if e.hint:
+                click.echo(f"  hint: {e.hint}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=HaqaGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="haqa")
+def cli() -> None:
+    """haqa: build, tune and bundle llama.cpp deployments for the devices you own.
+
+    \b
+    Examples:
+      haqa targets list
+      haqa recipes show smollm2-135m
+      haqa deploy --target local --recipe smollm2-135m
+    """
+
+
+def _register() -> None:
+    from haqa.cli import deploy, recipes, targets, toolchain
+
+    cli.add_command(targets.targets)
+    cli.add_command(recipes.recipes)
+    cli.add_command(toolchain.toolchain)
+    cli.add_command(deploy.deploy)
+
+
+_register()
+
+
+def main() -> None:
+    cli.main(prog_name="haqa")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

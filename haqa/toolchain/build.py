@@ -1,0 +1,136 @@
+"""Build llama-bench, llama-quantize, llama-perplexity and llama-server on the device, cached by
+(source hash, CMake options): a second build with the same inputs is a cache hit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from haqa import ui
+from haqa.config.schema import Target
+from haqa.errors import UserError
+from haqa.runner.base import Runner
+from haqa.toolchain.source import LLAMA_CPP_PYTHON_VERSION, LlamaCppSource, llama_cpp_source
+
+TOOLS = ("llama-bench", "llama-quantize", "llama-perplexity", "llama-server")
+
+# Options every build gets; the target's [build.cmake] table is laid over them.
+BASE_OPTIONS = {
+    "CMAKE_BUILD_TYPE": "Release",
+    "BUILD_SHARED_LIBS": "OFF",          # static tools: the bundle can carry llama-server as one file
+    "LLAMA_BUILD_TESTS": "OFF",
+    "LLAMA_BUILD_EXAMPLES": "OFF",
+    "LLAMA_USE_PREBUILT_UI": "OFF",      # the prebuilt web UI is a download; devices may be offline
+    "LLAMA_OPENSSL": "OFF",              # haqa never asks llama.cpp to fetch anything
+}
+MARKER = "toolchain.json"
+_PERCENT = re.compile(r"^\[\s*(\d+)%\]")
+
+# What a failed build's log says -> what to install or change.
+_DIAGNOSES = [
+    (re.compile(r"No CMAKE_(C|CXX)_COMPILER could be found|CMAKE_(C|CXX)_COMPILER not set", re.I),
+     "no C/C++ compiler: install one (Debian/Ubuntu: apt-get install build-essential; macOS: xcode-select --install)"),
+    (re.compile(r"CMake (\d+\.\d+(\.\d+)?) or higher is required", re.I),
+     "CMake is too old for this llama.cpp: install a newer cmake (pip install cmake, or your package manager)"),
+    (re.compile(r"No CMAKE_CUDA_COMPILER could be found|Could NOT find CUDAToolkit|nvcc.*not found", re.I),
+     "GGML_CUDA is on but no CUDA toolkit was found: install it (Jetson: JetPack's cuda-toolkit) and put nvcc on PATH"),
+    (re.compile(r"Unsupported gpu architecture|nvcc fatal", re.I),
+     "nvcc rejected the CUDA architecture: check [hardware.gpu].cuda_arch / CMAKE_CUDA_ARCHITECTURES"),
+    (re.compile(r"(virtual memory exhausted|Killed signal terminated program|out of memory)", re.I),
+     "the compiler ran out of memory: build with fewer jobs (haqa toolchain build --jobs 1)"),
+]
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    key: str
+    root: Path
+    commit: str
+    source_sha256: str
+    llama_cpp_python: str
+    cmake_options: dict[str, str]
+    cached: bool = False
+
+    def bin(self, tool: str) -> Path:
+        return self.root / "build" / "bin" / tool
+
+    def describe(self) -> dict:
+        d = asdict(self)
+        d.pop("cached")
+        d["root"] = str(self.root)
+        return d
+
+
+def cmake_options(target: Target, source: LlamaCppSource) -> dict[str, str]:
+    options = {**BASE_OPTIONS, **target.build.cmake}
+    gpu = target.hardware.gpu
+    if gpu.kind == "cuda":
+        options.setdefault("GGML_CUDA", "ON")
+        if gpu.cuda_arch:
+            options.setdefault("CMAKE_CUDA_ARCHITECTURES", gpu.cuda_arch)
+    options["LLAMA_BUILD_COMMIT"] = source.commit[:8]
+    return dict(sorted(options.items()))
+
+
+def toolchain_key(source: LlamaCppSource, options: dict[str, str]) -> str:
+    blob = json.dumps({"source": source.sha256, "options": options, "tools": TOOLS}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _diagnose(log_tail: str) -> str:
+    for pattern, advice in _DIAGNOSES:
+        if pattern.search(log_tail):
+            return advice
+    return "read the log above; on a fresh machine install cmake, make and a C++17 compiler"
+
+
+def ensure_toolchain(runner: Runner, target: Target, *, jobs: int | None = None,
+                     source: LlamaCppSource | None = None) -> Toolchain:
+    """The built tools for this target, building them on the device only when the cache misses."""
+    source = source or llama_cpp_source()
+    options = cmake_options(target, source)
+    key = toolchain_key(source, options)
+    root = runner.dir("toolchains", key)
+    tc = Toolchain(key=key, root=root, commit=source.commit, source_sha256=source.sha256,
+                   llama_cpp_python=LLAMA_CPP_PYTHON_VERSION, cmake_options=options)
+    if runner.exists(root / MARKER) and all(runner.exists(tc.bin(t)) for t in TOOLS):
+        return Toolchain(**{**tc.__dict__, "cached": True})
+
+    src = runner.dir("src", source.sha256[:16])
+    if runner.name == "local":
+        source.extract(src)
+    else:  # pragma: no cover - remote upload arrives with the ssh runner
+        raise NotImplementedError("remote toolchain upload")
+    build = root / "build"
+    log_path = root / "build.log"
+    build.mkdir(parents=True, exist_ok=True)
+    log_path.write_text("")
+    jobs = jobs or runner.cpu_count()
+    ui.step(f"building llama.cpp {source.commit[:8]} for target '{target.name}' "
+            f"({', '.join(TOOLS)}; {jobs} jobs; log: {log_path})")
+
+    configure = ["cmake", "-S", str(src), "-B", str(build), *[f"-D{k}={v}" for k, v in options.items()]]
+    compile_ = ["cmake", "--build", str(build), "--config", "Release", "-j", str(jobs), "--target", *TOOLS]
+    with ui.progress("compiling llama.cpp") as bar:
+        def on_line(line: str) -> None:
+            if m := _PERCENT.match(line):
+                bar.update(int(m.group(1)))
+
+        for argv in (configure, compile_):
+            try:
+                result = runner.run(argv, log_path=log_path, on_line=on_line)
+            except UserError as e:
+                raise UserError(f"cannot build llama.cpp: {e.message}",
+                                hint="install cmake and make (Debian/Ubuntu: apt-get install cmake build-essential)") from None
+            if not result.ok:
+                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
+                raise UserError(
+                    f"building llama.cpp failed at `{' '.join(argv[:2])}` (exit {result.returncode}); "
+                    f"last lines of {log_path}:\n{tail}",
+                    hint=_diagnose(tail),
+                )
+    (root / MARKER).write_text(json.dumps(tc.describe(), indent=2) + "\n")
+    return tc

@@ -1,0 +1,119 @@
+"""The llama.cpp source that matches the pinned llama-cpp-python: taken from that release's sdist.
+
+llama-cpp-python vendors llama.cpp (vendor/llama.cpp) in its source distribution, so building the
+tools from that tree makes the in-process bindings and the llama.cpp binaries agree on one commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from haqa import paths, ui
+from haqa.errors import UserError
+
+# Keep equal to the pin in pyproject.toml (a test checks that they agree).
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+_ROOT = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}"
+_VENDOR = f"{_ROOT}/vendor/llama.cpp/"
+_COMMIT_FILE = f"{_ROOT}/.git/modules/vendor/llama.cpp/HEAD"
+# Top-level folders of the llama.cpp tree that a build of the tools does not read.
+_NOT_NEEDED = {
+    "models", "docs", "media", ".github", ".devops", "benches", "pocs", "tests", "examples", "gguf-py",
+    "conversion", "skills", "requirements", "ci", "grammars", "prompts", ".git",
+}
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class LlamaCppSource:
+    sdist: Path
+
+    @cached_property
+    def sha256(self) -> str:
+        return sha256_file(self.sdist)
+
+    @cached_property
+    def commit(self) -> str:
+        with tarfile.open(self.sdist) as tar:
+            try:
+                f = tar.extractfile(_COMMIT_FILE)
+            except KeyError:
+                f = None
+            return f.read().decode().strip() if f else "unknown"
+
+    def _members(self, tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
+        out = []
+        for m in tar.getmembers():
+            if not m.name.startswith(_VENDOR):
+                continue
+            rel = m.name[len(_VENDOR):]
+            if not rel or rel.split("/", 1)[0] in _NOT_NEEDED:
+                continue
+            m = m.replace(name=rel, deep=False)
+            out.append(m)
+        return out
+
+    def extract(self, dest: Path) -> Path:
+        """Unpack the trimmed llama.cpp tree into dest (atomically: a finished tree has .haqa-complete)."""
+        marker = dest / ".haqa-complete"
+        if marker.exists():
+            return dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest.parent))
+        with tarfile.open(self.sdist) as tar:
+            kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(tmp, members=self._members(tar), **kwargs)
+        (tmp / ".haqa-complete").write_text(f"{self.commit}\n")
+        if dest.exists():
+            import shutil
+
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+        return dest
+
+
+def llama_cpp_source() -> LlamaCppSource:
+    """The cached sdist, downloaded with pip on first use ($HAQA_LLAMA_CPP_SDIST points at a local copy)."""
+    override = os.environ.get("HAQA_LLAMA_CPP_SDIST")
+    if override:
+        p = Path(override).expanduser()
+        if not p.is_file():
+            raise UserError(f"HAQA_LLAMA_CPP_SDIST={override}: no such file")
+        return LlamaCppSource(p)
+    cache = paths.cache_home() / "sources"
+    sdist = cache / f"{_ROOT}.tar.gz"
+    if sdist.is_file():
+        return LlamaCppSource(sdist)
+    cache.mkdir(parents=True, exist_ok=True)
+    ui.step(f"downloading the llama.cpp source vendored in llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} (sdist, ~75 MB)")
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+             "--disable-pip-version-check", "-d", tmp, f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"],
+            capture_output=True, text=True,
+        )
+        got = Path(tmp) / f"{_ROOT}.tar.gz"
+        if proc.returncode != 0 or not got.is_file():
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+            raise UserError(
+                f"could not download the llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} source distribution:\n{tail}",
+                hint="check that PyPI is reachable, or set HAQA_LLAMA_CPP_SDIST to a downloaded "
+                f"{_ROOT}.tar.gz (`pip download --no-binary :all: --no-deps llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}`)",
+            )
+        os.replace(got, sdist)
+    return LlamaCppSource(sdist)
