@@ -20,7 +20,8 @@ from haqa.errors import ToolFailed, UserError
 from haqa.measure.bench import BenchResult, run_bench
 from haqa.measure.quantize import quantize
 from haqa.model.gguf_facts import read_facts
-from haqa.model.source import cached_sha256, resolve_model
+from haqa.hashing import cached_sha256
+from haqa.model.source import resolve_model
 from haqa.runner import runner_for
 from haqa.runtime import RuntimeConfig
 from haqa.toolchain import ensure_toolchain

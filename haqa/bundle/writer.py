@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from haqa.bundle import run_script
-from haqa.toolchain.source import sha256_file
+from haqa.hashing import sha256_file
 
 LOCK_NAME = "haqa.lock.json"
 

@@ -9,6 +9,7 @@ import gguf
 
 from haqa.config.quants import file_type_name
 from haqa.errors import UserError
+from haqa.hashing import memo_beside
 
 GGUF_MAGIC = b"GGUF"
 
@@ -40,7 +41,12 @@ class GgufFacts:
 
 
 def read_facts(path: Path) -> GgufFacts:
+    """Facts of a GGUF; parsed once per content change (the tokenizer arrays make parsing slow)."""
     check_gguf(path)
+    return GgufFacts(**memo_beside(path, ".facts.json", lambda p: _parse(p).as_dict()))
+
+
+def _parse(path: Path) -> GgufFacts:
     try:
         reader = gguf.GGUFReader(str(path))
     except Exception as e:
@@ -56,8 +62,12 @@ def read_facts(path: Path) -> GgufFacts:
         architecture=str(arch),
         name=str(field("general.name") or ""),
         file_type=file_type_name(int(ftype)) if ftype is not None else "unknown",
-        context_length=field(f"{arch}.context_length"),
-        n_layers=field(f"{arch}.block_count"),
+        context_length=_int_or_none(field(f"{arch}.context_length")),
+        n_layers=_int_or_none(field(f"{arch}.block_count")),
         n_params=int(sum(int(t.n_elements) for t in reader.tensors)),
         size_bytes=path.stat().st_size,
     )
+
+
+def _int_or_none(v) -> int | None:
+    return int(v) if v is not None else None

