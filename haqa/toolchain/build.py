@@ -31,7 +31,8 @@ _PERCENT = re.compile(r"^\[\s*(\d+)%\]")
 
 # What a failed build's log says -> what to install or change.
 _DIAGNOSES = [
-    (re.compile(r"No CMAKE_(C|CXX)_COMPILER could be found|CMAKE_(C|CXX)_COMPILER not set", re.I),
+    (re.compile(r"No CMAKE_(C|CXX)_COMPILER could be found|CMAKE_(C|CXX)_COMPILER not set|"
+                r"not a full path to an existing compiler tool", re.I),
      "no C/C++ compiler: install one (Debian/Ubuntu: apt-get install build-essential; macOS: xcode-select --install)"),
     (re.compile(r"CMake (\d+\.\d+(\.\d+)?) or higher is required", re.I),
      "CMake is too old for this llama.cpp: install a newer cmake (pip install cmake, or your package manager)"),

@@ -1,0 +1,47 @@
+# haqa: the two commands a user needs are `make deploy` and `make test`.
+# Each creates .venv when it is missing and installs haqa with its dependencies first.
+
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+TARGET  ?= local
+RECIPE  ?= smollm2-135m
+JOBS    ?= $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
+STAMP   := $(VENV)/.haqa-installed
+PYTEST_ARGS ?=
+
+# llama-cpp-python compiles llama.cpp while it installs: use every core for that too.
+export CMAKE_BUILD_PARALLEL_LEVEL := $(JOBS)
+
+.PHONY: help install deploy prepare test test-fast clean
+
+help:
+	@echo "make deploy [TARGET=local] [RECIPE=smollm2-135m]   build, quantize, measure and bundle"
+	@echo "make test                                          the whole test suite (what CI runs)"
+	@echo "make test-fast                                     only the fast tests"
+	@echo "make clean                                         remove .venv and dist/ (not haqa's cache)"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+deploy: $(STAMP)
+	$(BIN)/haqa deploy --target '$(TARGET)' --recipe '$(RECIPE)' --jobs $(JOBS)
+
+# What the slow tests need, done once with visible progress: the default model and the local toolchain.
+prepare: $(STAMP)
+	$(BIN)/haqa recipes fetch smollm2-135m
+	$(BIN)/haqa toolchain build --target local --jobs $(JOBS)
+
+test: prepare
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m 'not slow' $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) dist

@@ -1,0 +1,5 @@
+"""`python -m haqa` runs the command line."""
+
+from haqa.cli import main
+
+main()

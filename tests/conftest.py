@@ -1,0 +1,78 @@
+"""Shared fixtures. Fast tests use temporary catalogs and tiny GGUFs written with the gguf package;
+tests marked `slow` use the real llama.cpp build and the real SmolLM2 model from haqa's cache."""
+
+from __future__ import annotations
+
+import socket
+import textwrap
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from haqa.cli import cli
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Project:
+    """A project folder (the current directory) with targets/ and recipes/ to write files into."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def write(self, rel: str, text: str) -> Path:
+        p = self.root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(textwrap.dedent(text))
+        return p
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Project:
+    (tmp_path / "targets" / "families").mkdir(parents=True)
+    (tmp_path / "recipes").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    return Project(tmp_path)
+
+
+@pytest.fixture
+def haqa():
+    """Run the real click CLI in-process; returns (exit_code, stdout, stderr)."""
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        result = runner.invoke(cli, list(args), catch_exceptions=False)
+        return result.exit_code, result.stdout, result.stderr
+
+    return invoke
+
+
+def write_tiny_gguf(path: Path, arch: str = "llama", file_type: int = 1) -> Path:
+    """A small, valid GGUF (metadata and two F32 tensors): enough for the parsers, not for inference."""
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name("tiny")
+    w.add_file_type(file_type)
+    w.add_context_length(256)
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((16, 8), dtype=np.float32))
+    w.add_tensor("output_norm.weight", np.ones(8, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.fixture
+def tiny_gguf(tmp_path) -> Path:
+    return write_tiny_gguf(tmp_path / "tiny.gguf")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

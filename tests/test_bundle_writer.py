@@ -1,0 +1,69 @@
+"""The bundle writer: run.sh quoting, the lock's file hashes, and atomic replacement."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from haqa.bundle import write_bundle
+from haqa.bundle.run_script import render
+from haqa.hashing import sha256_file
+
+
+def _write(out, tmp_path, **kw):
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF fake weights")
+    server = tmp_path / "fake-server"
+    server.write_text("#!/bin/sh\nprintf '%s\\n' \"$@\"\n")
+    server.chmod(0o755)
+    args = dict(model=model, model_name="m-Q4_0.gguf", server_binary=server, lock={"schema": 1},
+                server_args=["--threads", "2"], label="m@t", alias="m")
+    args.update(kw)
+    return write_bundle(out, **args)
+
+
+def test_run_sh_quotes_every_value_and_honours_host_and_port(tmp_path):
+    out = _write(tmp_path / "b", tmp_path, server_args=["--threads", "2", "--alias2", "it's $(rm -rf /)"])
+    text = (out / "run.sh").read_text()
+    assert subprocess.run(["sh", "-n", str(out / "run.sh")]).returncode == 0
+    argv = subprocess.run([str(out / "run.sh"), "--host", "0.0.0.0", "--port", "9999", "--extra"],
+                          capture_output=True, text=True, check=True).stdout.splitlines()
+    assert argv[argv.index("--host") + 1] == "0.0.0.0" and argv[argv.index("--port") + 1] == "9999"
+    assert "it's $(rm -rf /)" in argv  # passed as one literal argument
+    assert argv[-1] == "--extra"
+    assert argv[argv.index("--model") + 1].endswith("/m-Q4_0.gguf")
+    assert "'it'\"'\"'s $(rm -rf /)'" in text
+
+
+def test_run_sh_defaults_to_loopback(tmp_path):
+    out = _write(tmp_path / "b", tmp_path)
+    argv = subprocess.run([str(out / "run.sh")], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+
+
+def test_lock_lists_hashes_of_the_bundle_files(tmp_path):
+    out = _write(tmp_path / "b", tmp_path)
+    lock = json.loads((out / "haqa.lock.json").read_text())
+    for name, digest in lock["files"].items():
+        assert sha256_file(out / name) == digest
+
+
+def test_failed_write_keeps_the_previous_bundle(tmp_path):
+    out = _write(tmp_path / "b", tmp_path, lock={"schema": 1, "generation": "old"})
+    with pytest.raises(FileNotFoundError):
+        _write(tmp_path / "b", tmp_path, server_binary=tmp_path / "missing-binary", lock={"generation": "new"})
+    assert json.loads((out / "haqa.lock.json").read_text())["generation"] == "old"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".b.")) == []  # no debris
+
+
+def test_rewrite_replaces_the_bundle_whole(tmp_path):
+    _write(tmp_path / "b", tmp_path, model_name="old.gguf")
+    out = _write(tmp_path / "b", tmp_path, model_name="new.gguf")
+    assert (out / "new.gguf").exists() and not (out / "old.gguf").exists()
+
+
+def test_render_is_plain_posix_sh():
+    text = render("x@y", "a b.gguf", "x", ["--ctx-size", "4096"])
+    assert text.startswith("#!/bin/sh\n") and "'a b.gguf'" in text

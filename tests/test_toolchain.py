@@ -1,0 +1,77 @@
+"""The llama.cpp toolchain: matched source, cache hits, and failures that say what to install."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import time
+
+import pytest
+
+from haqa.config import load_target
+from haqa.config.schema import Target
+from haqa.errors import UserError
+from haqa.runner import LocalRunner
+from haqa.toolchain import LLAMA_CPP_PYTHON_VERSION, TOOLS, ensure_toolchain, llama_cpp_source
+from haqa.toolchain.build import _diagnose, cmake_options
+from tests.conftest import REPO
+
+
+def test_pin_is_the_same_everywhere():
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert f'"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"' in pyproject
+    assert importlib.metadata.version("llama-cpp-python") == LLAMA_CPP_PYTHON_VERSION
+
+
+def test_cmake_options_follow_the_target():
+    class FakeSource:  # only commit is read; no download needed
+        commit = "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
+
+    orin = cmake_options(load_target("jetson-orin-nano-8gb"), FakeSource())
+    assert orin["GGML_CUDA"] == "ON" and orin["CMAKE_CUDA_ARCHITECTURES"] == "87"
+    assert orin["LLAMA_BUILD_COMMIT"] == "0c1e5709" and orin["LLAMA_USE_PREBUILT_UI"] == "OFF"
+    mac = cmake_options(load_target("apple-m1-8gb"), FakeSource())
+    assert mac["GGML_METAL"] == "ON" and "GGML_CUDA" not in mac
+
+
+@pytest.mark.parametrize("log,advice", [
+    ("-- No CMAKE_CXX_COMPILER could be found.", "build-essential"),
+    ("CMake 3.14 or higher is required.  You are running version 3.10.2", "CMake is too old"),
+    ("No CMAKE_CUDA_COMPILER could be found.", "CUDA toolkit"),
+    ("c++: fatal error: Killed signal terminated program cc1plus", "--jobs 1"),
+])
+def test_build_failures_name_what_is_missing(log, advice):
+    assert advice in _diagnose(log)
+
+
+@pytest.mark.slow
+def test_source_is_the_vendored_tree_of_the_pinned_release():
+    src = llama_cpp_source()
+    assert re.fullmatch(r"[0-9a-f]{40}", src.commit)
+    assert len(src.sha256) == 64
+
+
+@pytest.mark.slow
+def test_second_build_is_a_cache_hit():
+    runner, target = LocalRunner(), load_target("local")
+    first = ensure_toolchain(runner, target)  # builds on a fresh machine, else already cached
+    for tool in TOOLS:
+        assert first.bin(tool).is_file()
+    log_mtime = (first.root / "build.log").stat().st_mtime_ns
+    start = time.monotonic()
+    second = ensure_toolchain(runner, target)
+    assert second.cached and second.key == first.key
+    assert time.monotonic() - start < 10
+    assert (first.root / "build.log").stat().st_mtime_ns == log_mtime  # nothing was rebuilt
+
+
+@pytest.mark.slow
+def test_failed_build_shows_log_tail_and_advice(tmp_path):
+    """A real CMake run that cannot find its compiler: the error carries the log and what to install."""
+    local = load_target("local")
+    broken = Target.model_validate({**local.model_dump(), "build": {"cmake": {"CMAKE_CXX_COMPILER": "/nonexistent/c++"}}})
+    with pytest.raises(UserError) as e:
+        ensure_toolchain(LocalRunner(tmp_path), broken, source=llama_cpp_source())
+    msg = str(e.value)
+    assert "building llama.cpp failed" in msg and "/nonexistent/c++" in msg
+    assert "compiler" in msg
