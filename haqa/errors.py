@@ -20,6 +20,10 @@ class UserError(Exception):
         return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
 
 
+class ConnectionLost(UserError):
+    """The device stopped answering and did not come back within the reconnect budget."""
+
+
 class ToolFailed(Exception):
     """A llama.cpp tool exited non-zero or timed out. Carries the tail of its output for the report."""
 

@@ -123,6 +123,8 @@ def test_recipe_source_path_missing(project, haqa):
     assert code == 2 and "no such file" in err
 
 
-def test_ssh_target_is_refused_clearly_for_now(haqa):
-    code, _, err = haqa("deploy", "--target", "rpi5-8gb")
-    assert code == 2 and "ssh" in err
+def test_unreachable_ssh_target_fails_clearly(project, haqa):
+    project.write("targets/nowhere.toml", GOOD_TARGET.replace("{name}", "nowhere") +
+                  "[connect]\nkind = 'ssh'\nhost = '127.0.0.1'\nport = 1\nreconnects = 0\nconnect_timeout_s = 2\n")
+    code, _, err = haqa("deploy", "--target", "nowhere")
+    assert code == 2 and "cannot reach nowhere" in err and "Traceback" not in err

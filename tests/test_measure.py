@@ -36,12 +36,12 @@ def test_default_model_comes_from_pypi_without_the_hub(env):
 
 def test_quantize_is_real_and_cached(env):
     runner, _, toolchain, model = env
-    out, _ = quantize(runner, toolchain, model.path, model.sha256, "Q8_0")
+    out, _ = quantize(runner, toolchain, model.path, model.sha256, "Q4_1", "Q8_0")
     assert read_facts(out).file_type == "Q8_0"
     assert out.stat().st_size > model.path.stat().st_size  # 8.5 bpw vs 5 bpw
-    again, cached = quantize(runner, toolchain, model.path, model.sha256, "Q8_0")
+    again, cached = quantize(runner, toolchain, model.path, model.sha256, "Q4_1", "Q8_0")
     assert cached and again == out
-    same, cached = quantize(runner, toolchain, model.path, model.sha256, "Q4_1")
+    same, cached = quantize(runner, toolchain, model.path, model.sha256, "Q4_1", "Q4_1")
     assert cached and same == model.path  # the source's own type is used as it is
 
 

@@ -74,18 +74,40 @@ class Hardware(_Strict):
         return v
 
 
+_JUMP = re.compile(r"^(?:(?P<user>[A-Za-z0-9._-]+)@)?(?P<host>[A-Za-z0-9._:-]+?)(?::(?P<port>\d{1,5}))?$")
+
+
 class Connect(_Strict):
     kind: Literal["local", "ssh"] = "local"
     host: Optional[str] = None
     user: Optional[str] = None
     port: int = Field(default=22, ge=1, le=65535)
-    key: Optional[str] = None
+    key: Optional[str] = None  # private key file; without one, the ssh agent and ~/.ssh/id_* are tried
+    known_hosts: Optional[str] = None  # default ~/.ssh/known_hosts
+    trust_on_first_use: bool = False  # accept and remember an unknown host key (a changed key is always refused)
+    jump: Optional[str] = None  # a jump host, "user@host:port"
+    workdir: str = "~/.cache/haqa"  # haqa's work directory on the device
+    keepalive_s: int = Field(default=15, ge=0)
+    connect_timeout_s: float = Field(default=15, gt=0)
+    reconnects: int = Field(default=3, ge=0, le=20)  # attempts after a dropped connection
 
     @model_validator(mode="after")
     def _ssh_needs_host(self) -> "Connect":
         if self.kind == "ssh" and not self.host:
             raise ValueError("connect.kind = 'ssh' needs connect.host")
+        if self.host and not re.fullmatch(r"[A-Za-z0-9._:%-]+", self.host):
+            raise ValueError(f"connect.host must be a host name or address, got {self.host!r}")
+        if self.user and not re.fullmatch(r"[A-Za-z0-9._-]+", self.user):
+            raise ValueError(f"connect.user must be a user name, got {self.user!r}")
+        if self.jump and not _JUMP.match(self.jump):
+            raise ValueError(f"connect.jump must look like 'user@host:port', got {self.jump!r}")
         return self
+
+    def jump_parts(self) -> tuple[str | None, str, int] | None:
+        if not self.jump:
+            return None
+        m = _JUMP.match(self.jump)
+        return m["user"], m["host"], int(m["port"] or 22)
 
 
 class Build(_Strict):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import statistics
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from haqa.errors import ToolFailed
 from haqa.runner.base import Runner
@@ -82,7 +82,7 @@ def _throughput(record: dict, tokens: int) -> Throughput:
                       median=statistics.median(samples), samples=samples)
 
 
-def run_bench(runner: Runner, toolchain: Toolchain, model: Path, config: RuntimeConfig, *,
+def run_bench(runner: Runner, toolchain: Toolchain, model: PurePath, config: RuntimeConfig, *,
               prompt_tokens: int, gen_tokens: int, repetitions: int = 3, log_path: Path | None = None) -> BenchResult:
     argv = [str(toolchain.bin("llama-bench")), "-m", str(model), "-p", str(prompt_tokens), "-n", str(gen_tokens),
             "-r", str(repetitions), *config.bench_args(), "-o", "json"]

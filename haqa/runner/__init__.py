@@ -10,9 +10,6 @@ def runner_for(target) -> Runner:
     """The runner that reaches a target's device."""
     if target.connect.kind == "local":
         return LocalRunner()
-    from haqa.errors import UserError
+    from haqa.runner.ssh import SshRunner
 
-    raise UserError(
-        f"target '{target.name}' is reached over ssh, which this version of haqa cannot do yet",
-        hint="use --target local",
-    )
+    return SshRunner(target.connect, label=target.name)

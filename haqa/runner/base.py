@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
 
 @dataclass
@@ -26,12 +26,14 @@ class CommandResult:
 class Runner(abc.ABC):
     """Runs argv lists on a device and moves files to and from its work directory.
 
-    The work directory (`home`) has a fixed layout: `src/` (llama.cpp sources), `toolchains/<key>/`
-    (builds keyed by source hash and flags), `models/` (GGUFs, named by content), `results/`.
+    `home` is the work directory on the device, with a fixed layout: `src/` (llama.cpp sources),
+    `toolchains/<key>/` (builds keyed by source hash and flags), `models/` (GGUFs, named by content
+    hash), `results/`. Paths under it are device paths (`PurePath`); `local_dir()` is the folder on
+    this machine that keeps the device's logs and fetched files.
     """
 
     name: str
-    home: Path
+    home: PurePath
 
     @abc.abstractmethod
     def run(
@@ -39,31 +41,63 @@ class Runner(abc.ABC):
         argv: Sequence[str],
         *,
         timeout: float | None = None,
-        cwd: Path | None = None,
+        cwd: PurePath | None = None,
         env: Mapping[str, str] | None = None,
         log_path: Path | None = None,
         on_line: Callable[[str], None] | None = None,
     ) -> CommandResult:
-        """Run argv (never through a shell). stdout is captured whole; stderr is streamed to
-        `log_path` and `on_line`, and its tail kept. On timeout the whole process group is killed."""
+        """Run argv on the device, never through a shell that sees unquoted values. stdout is
+        captured whole; stdout and stderr lines go to `log_path` (on this machine) and `on_line`;
+        the tail of stderr is kept. On timeout or Ctrl-C the whole process group is killed."""
 
     @abc.abstractmethod
-    def put(self, local: Path, remote: Path) -> None:
-        """Copy a file onto the device."""
+    def put(self, local: Path, remote: PurePath) -> bool:
+        """Copy a file onto the device, verified by sha256. Returns False when it was already there."""
 
     @abc.abstractmethod
-    def get(self, remote: Path, local: Path) -> None:
-        """Copy a file from the device."""
+    def get(self, remote: PurePath, local: Path) -> None:
+        """Copy a file from the device, verified by sha256."""
 
     @abc.abstractmethod
-    def exists(self, remote: Path) -> bool: ...
+    def exists(self, remote: PurePath) -> bool: ...
 
     @abc.abstractmethod
-    def move(self, src: Path, dst: Path) -> None:
-        """Rename a file on the device (atomic within one filesystem)."""
+    def move(self, src: PurePath, dst: PurePath) -> None:
+        """Rename on the device (atomic within one filesystem; replaces dst)."""
+
+    @abc.abstractmethod
+    def mkdir(self, remote: PurePath) -> None:
+        """Create a folder and its parents on the device."""
+
+    @abc.abstractmethod
+    def read_text(self, remote: PurePath) -> str: ...
+
+    @abc.abstractmethod
+    def write_text(self, remote: PurePath, text: str) -> None:
+        """Write a small file on the device atomically."""
+
+    @abc.abstractmethod
+    def sha256(self, remote: PurePath) -> str:
+        """sha256 of a file on the device (remembered per size and mtime)."""
 
     @abc.abstractmethod
     def cpu_count(self) -> int: ...
 
-    def dir(self, *parts: str) -> Path:
+    @abc.abstractmethod
+    def local_dir(self, *parts: str) -> Path:
+        """A folder on this machine for this device's logs and fetched files (created)."""
+
+    def fetch(self, remote: PurePath) -> Path:
+        """A local copy of a device file (the file itself when the device is this machine)."""
+        local = self.local_dir("fetched", *PurePath(remote).relative_to(self.home).parent.parts) / PurePath(remote).name
+        self.get(remote, local)
+        return local
+
+    def describe(self) -> dict:
+        return {"runner": self.name, "home": str(self.home)}
+
+    def close(self) -> None:
+        pass
+
+    def dir(self, *parts: str) -> PurePath:
         return self.home.joinpath(*parts)

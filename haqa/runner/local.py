@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import collections
 import os
+import platform
 import shutil
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from haqa import paths
 from haqa.errors import UserError
+from haqa.hashing import cached_sha256
 from haqa.runner.base import CommandResult, Runner
 
 TAIL_LINES = 60
@@ -47,7 +49,7 @@ class LocalRunner(Runner):
         argv: Sequence[str],
         *,
         timeout: float | None = None,
-        cwd: Path | None = None,
+        cwd: PurePath | None = None,
         env: Mapping[str, str] | None = None,
         log_path: Path | None = None,
         on_line: Callable[[str], None] | None = None,
@@ -65,26 +67,21 @@ class LocalRunner(Runner):
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         out_chunks: list[str] = []
         log = open(log_path, "a", encoding="utf-8") if log_path else None
+        lock = threading.Lock()
 
-        def read_stderr() -> None:
-            assert proc.stderr is not None
-            for line in proc.stderr:
-                tail.append(line.rstrip("\n"))
-                if log:
-                    log.write(line)
-                if on_line:
-                    on_line(line.rstrip("\n"))
+        def pump(stream, keep) -> None:
+            for line in stream:
+                keep(line)
+                with lock:
+                    if log:
+                        log.write(line)
+                    if on_line:
+                        on_line(line.rstrip("\n"))
 
-        def read_stdout() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                out_chunks.append(line)
-                if log:
-                    log.write(line)
-                if on_line:
-                    on_line(line.rstrip("\n"))
-
-        readers = [threading.Thread(target=read_stderr, daemon=True), threading.Thread(target=read_stdout, daemon=True)]
+        readers = [
+            threading.Thread(target=pump, args=(proc.stderr, lambda s: tail.append(s.rstrip("\n"))), daemon=True),
+            threading.Thread(target=pump, args=(proc.stdout, out_chunks.append), daemon=True),
+        ]
         for r in readers:
             r.start()
         timed_out = False
@@ -107,19 +104,51 @@ class LocalRunner(Runner):
             log_path=log_path,
         )
 
-    def put(self, local: Path, remote: Path) -> None:
-        if Path(local).resolve() != Path(remote).resolve():
-            Path(remote).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(local, remote)
+    def put(self, local: Path, remote: PurePath) -> bool:
+        if Path(local).resolve() == Path(remote).resolve():
+            return False
+        if Path(remote).exists() and cached_sha256(Path(remote)) == cached_sha256(Path(local)):
+            return False
+        Path(remote).parent.mkdir(parents=True, exist_ok=True)
+        part = Path(f"{remote}.part")
+        shutil.copyfile(local, part)
+        os.replace(part, remote)
+        return True
 
-    def get(self, remote: Path, local: Path) -> None:
-        self.put(remote, local)
+    def get(self, remote: PurePath, local: Path) -> None:
+        self.put(Path(remote), local)
 
-    def exists(self, remote: Path) -> bool:
+    def fetch(self, remote: PurePath) -> Path:
+        return Path(remote)
+
+    def exists(self, remote: PurePath) -> bool:
         return Path(remote).exists()
 
-    def move(self, src: Path, dst: Path) -> None:
+    def move(self, src: PurePath, dst: PurePath) -> None:
         os.replace(src, dst)
+
+    def mkdir(self, remote: PurePath) -> None:
+        Path(remote).mkdir(parents=True, exist_ok=True)
+
+    def read_text(self, remote: PurePath) -> str:
+        return Path(remote).read_text()
+
+    def write_text(self, remote: PurePath, text: str) -> None:
+        Path(remote).parent.mkdir(parents=True, exist_ok=True)
+        part = Path(f"{remote}.part")
+        part.write_text(text)
+        os.replace(part, remote)
+
+    def sha256(self, remote: PurePath) -> str:
+        return cached_sha256(Path(remote))
 
     def cpu_count(self) -> int:
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+    def local_dir(self, *parts: str) -> Path:
+        d = Path(self.home).joinpath(*parts)
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def describe(self) -> dict:
+        return {"runner": "local", "hostname": platform.node(), "platform": platform.platform(), "home": str(self.home)}

@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from haqa import ui
 from haqa.config.schema import Target
@@ -27,6 +27,7 @@ BASE_OPTIONS = {
     "LLAMA_OPENSSL": "OFF",              # haqa never asks llama.cpp to fetch anything
 }
 MARKER = "toolchain.json"
+BUILD_TIMEOUT_S = 4 * 3600  # a Pi 4 takes most of an hour; leave room
 _PERCENT = re.compile(r"^\[\s*(\d+)%\]")
 
 # What a failed build's log says -> what to install or change.
@@ -48,14 +49,14 @@ _DIAGNOSES = [
 @dataclass(frozen=True)
 class Toolchain:
     key: str
-    root: Path
+    root: PurePath
     commit: str
     source_sha256: str
     llama_cpp_python: str
     cmake_options: dict[str, str]
     cached: bool = False
 
-    def bin(self, tool: str) -> Path:
+    def bin(self, tool: str) -> PurePath:
         return self.root / "build" / "bin" / tool
 
     def describe(self) -> dict:
@@ -100,14 +101,10 @@ def ensure_toolchain(runner: Runner, target: Target, *, jobs: int | None = None,
     if runner.exists(root / MARKER) and all(runner.exists(tc.bin(t)) for t in TOOLS):
         return Toolchain(**{**tc.__dict__, "cached": True})
 
-    src = runner.dir("src", source.sha256[:16])
-    if runner.name == "local":
-        source.extract(src)
-    else:  # pragma: no cover - remote upload arrives with the ssh runner
-        raise NotImplementedError("remote toolchain upload")
+    src = ensure_source_on_device(runner, source)
     build = root / "build"
-    log_path = root / "build.log"
-    build.mkdir(parents=True, exist_ok=True)
+    runner.mkdir(build)
+    log_path = runner.local_dir("toolchains", key) / "build.log"
     log_path.write_text("")
     jobs = jobs or runner.cpu_count()
     ui.step(f"building llama.cpp {source.commit[:8]} for target '{target.name}' "
@@ -122,16 +119,40 @@ def ensure_toolchain(runner: Runner, target: Target, *, jobs: int | None = None,
 
         for argv in (configure, compile_):
             try:
-                result = runner.run(argv, log_path=log_path, on_line=on_line)
+                result = runner.run(argv, timeout=BUILD_TIMEOUT_S, log_path=log_path, on_line=on_line)
             except UserError as e:
                 raise UserError(f"cannot build llama.cpp: {e.message}",
                                 hint="install cmake and make (Debian/Ubuntu: apt-get install cmake build-essential)") from None
             if not result.ok:
                 tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
+                if result.timed_out:
+                    tail += f"\n(stopped after {BUILD_TIMEOUT_S} s)"
                 raise UserError(
                     f"building llama.cpp failed at `{' '.join(argv[:2])}` (exit {result.returncode}); "
                     f"last lines of {log_path}:\n{tail}",
                     hint=_diagnose(tail),
                 )
-    (root / MARKER).write_text(json.dumps(tc.describe(), indent=2) + "\n")
+    runner.write_text(root / MARKER, json.dumps(tc.describe(), indent=2) + "\n")
     return tc
+
+
+def ensure_source_on_device(runner: Runner, source: LlamaCppSource) -> PurePath:
+    """The trimmed llama.cpp tree on the device: extracted in place locally, uploaded once (by hash)
+    and unpacked there for a remote device."""
+    src = runner.dir("src", source.sha256[:16])
+    if runner.name == "local":
+        return source.extract(Path(src))
+    if runner.exists(src / ".haqa-complete"):
+        return src
+    tarball = source.trimmed_tarball()
+    remote_tar = runner.dir("src", tarball.name)
+    runner.put(tarball, remote_tar)
+    tmp = runner.dir("src", f".{source.sha256[:16]}.tmp")
+    for argv in (["rm", "-rf", str(tmp), str(src)], ["mkdir", "-p", str(tmp)], ["tar", "-xzf", str(remote_tar), "-C", str(tmp)]):
+        r = runner.run(argv, timeout=1800)
+        if not r.ok:
+            raise UserError(f"unpacking the llama.cpp source on the device failed at `{argv[0]}`: {r.stderr_tail[-800:]}",
+                            hint="check free disk space on the device (`haqa doctor`)")
+    runner.write_text(tmp / ".haqa-complete", f"{source.commit}\n")
+    runner.move(tmp, src)
+    return src

@@ -83,6 +83,20 @@ class LlamaCppSource:
         return dest
 
 
+    def trimmed_tarball(self) -> Path:
+        """The same trimmed tree as a .tar.gz (what is uploaded to a remote device), made once."""
+        out = paths.cache_home() / "sources" / f"llama.cpp-{self.commit[:8]}-{self.sha256[:16]}.tar.gz"
+        if out.is_file():
+            return out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        part = out.with_name(out.name + ".part")
+        with tarfile.open(self.sdist) as src, tarfile.open(part, "w:gz", compresslevel=6) as dst:
+            for m in self._members(src):
+                dst.addfile(m, src.extractfile(m) if m.isfile() else None)
+        os.replace(part, out)
+        return out
+
+
 def llama_cpp_source() -> LlamaCppSource:
     """The cached sdist, downloaded with pip on first use ($HAQA_LLAMA_CPP_SDIST points at a local copy)."""
     override = os.environ.get("HAQA_LLAMA_CPP_SDIST")

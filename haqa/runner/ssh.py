@@ -1,0 +1,494 @@
+"""The SSH runner (paramiko): the device is any Linux or macOS machine reachable over SSH.
+
+Commands are argv lists, each element quoted by haqa (shlex) into the one command line SSH carries;
+the remote process becomes the leader of its own process group so a timeout or Ctrl-C can stop
+everything it started. Files move over SFTP, verified by sha256, skipped when already there, and
+resumed after a dropped connection. Host keys are checked against known_hosts; trust on first use
+only when the target says so; a changed key is always refused.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import select
+import shlex
+import socket
+import stat
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path, PurePath, PurePosixPath
+
+import paramiko
+
+from haqa import paths, ui
+from haqa.config.schema import Connect
+from haqa.errors import ConnectionLost, UserError
+from haqa.hashing import cached_sha256
+from haqa.runner.base import CommandResult, Runner
+
+TAIL_LINES = 60
+CHUNK = 1 << 18
+_PGID = re.compile(r"^HAQA-PGID (\d+)$")
+# Started by sshd through the login shell, which sshd made a session (and so process group) leader;
+# `exec` keeps that pid all the way to the program, so $$ is the group to kill.
+_WRAPPER = 'echo "HAQA-PGID $$" >&2; exec "$@"'
+_TRANSIENT = (socket.error, EOFError, paramiko.SSHException)
+
+
+def _fingerprint(key: paramiko.PKey) -> str:
+    return f"{key.get_name()} SHA256:{key.fingerprint.split(':', 1)[-1] if ':' in key.fingerprint else key.fingerprint}"
+
+
+class _TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
+    """Accept an unknown host's key once and save it; paramiko itself refuses a changed key."""
+
+    def __init__(self, known_hosts: Path):
+        self.known_hosts = known_hosts
+
+    def missing_host_key(self, client, hostname, key):
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        client.save_host_keys(str(self.known_hosts))
+        ui.note(f"trusting {hostname} on first use: {key.get_name()} {key.fingerprint}; saved to {self.known_hosts}")
+
+
+def command_line(argv: Sequence[str], cwd: PurePath | None = None, env: Mapping[str, str] | None = None) -> str:
+    """The single string sent over SSH for argv: every element quoted, no value interpreted."""
+    parts: list[str] = []
+    if cwd is not None:
+        parts += ["cd", shlex.quote(str(cwd)), "&&"]
+    parts.append("exec")
+    if env:
+        bad = [k for k in env if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]
+        if bad:
+            raise ValueError(f"invalid environment variable names: {bad}")
+        parts += ["env", *(shlex.quote(f"{k}={v}") for k, v in env.items())]
+    parts += ["sh", "-c", shlex.quote(_WRAPPER), "haqa", *(shlex.quote(str(a)) for a in argv)]
+    return " ".join(parts)
+
+
+class SshRunner(Runner):
+    name = "ssh"
+
+    def __init__(self, connect: Connect, *, label: str | None = None, local_root: Path | None = None):
+        if connect.kind != "ssh" or not connect.host:
+            raise ValueError("SshRunner needs an ssh [connect] table")
+        self.connect = connect
+        self.label = label or f"{connect.user or ''}@{connect.host}:{connect.port}"
+        self._local_root = local_root or paths.cache_home() / "devices" / re.sub(r"[^A-Za-z0-9._-]", "_", self.label)
+        self._client: paramiko.SSHClient | None = None
+        self._jump: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._home: PurePosixPath | None = None
+        self._cpu_count: int | None = None
+        self.bytes_sent = 0  # counted across put() calls; tests use it to prove resumption
+
+    # -- connection -----------------------------------------------------------------------------
+
+    @property
+    def _known_hosts(self) -> Path:
+        return Path(self.connect.known_hosts or "~/.ssh/known_hosts").expanduser()
+
+    def _new_client(self) -> paramiko.SSHClient:
+        client = paramiko.SSHClient()
+        if self._known_hosts.exists():
+            client.load_host_keys(str(self._known_hosts))
+        if not self.connect.known_hosts:
+            try:
+                client.load_system_host_keys("/etc/ssh/ssh_known_hosts")
+            except OSError:
+                pass
+        client.set_missing_host_key_policy(
+            _TrustOnFirstUse(self._known_hosts) if self.connect.trust_on_first_use else paramiko.RejectPolicy()
+        )
+        return client
+
+    def _open(self, host: str, port: int, user: str | None, sock=None) -> paramiko.SSHClient:
+        client = self._new_client()
+        key = str(Path(self.connect.key).expanduser()) if self.connect.key else None
+        try:
+            client.connect(
+                host, port=port, username=user, key_filename=key, sock=sock, timeout=self.connect.connect_timeout_s,
+                banner_timeout=self.connect.connect_timeout_s, auth_timeout=self.connect.connect_timeout_s,
+                allow_agent=True, look_for_keys=key is None, passphrase=os.environ.get("HAQA_SSH_KEY_PASSPHRASE"),
+            )
+        except paramiko.BadHostKeyException as e:
+            hostport = host if port == 22 else f"[{host}]:{port}"
+            raise UserError(
+                f"the host key of {hostport} has CHANGED (expected {_fingerprint(e.expected_key)}, "
+                f"got {_fingerprint(e.key)}); refusing to connect",
+                hint=f"if the device was reinstalled, check the new key and remove the old one with "
+                f"`ssh-keygen -f {self._known_hosts} -R '{hostport}'`; otherwise someone may be intercepting the connection",
+            ) from None
+        except paramiko.AuthenticationException as e:
+            raise UserError(
+                f"ssh authentication to {user or ''}@{host}:{port} failed: {e}",
+                hint="set [connect].key to a private key the device accepts, or load one into ssh-agent",
+            ) from None
+        except paramiko.SSHException as e:
+            if "not found in known_hosts" in str(e):
+                hostport = host if port == 22 else f"[{host}]:{port}"
+                raise UserError(
+                    f"{hostport} is not in {self._known_hosts}, so its identity cannot be checked",
+                    hint=f"check the device's key and add it (`ssh-keyscan -p {port} {host} >> {self._known_hosts}`), "
+                    "or set [connect].trust_on_first_use = true in the target",
+                ) from None
+            raise
+        if self.connect.keepalive_s:
+            client.get_transport().set_keepalive(self.connect.keepalive_s)
+        return client
+
+    def _connect_once(self) -> None:
+        c = self.connect
+        sock = None
+        if (jump := c.jump_parts()) is not None:
+            juser, jhost, jport = jump
+            self._jump = self._open(jhost, jport, juser)
+            sock = self._jump.get_transport().open_channel("direct-tcpip", (c.host, c.port), ("127.0.0.1", 0))
+        self._client = self._open(c.host, c.port, c.user, sock=sock)
+        self._sftp = self._client.open_sftp()
+        if self._home is None:
+            home = PurePosixPath(self._sftp.normalize("."))
+            wd = c.workdir
+            self._home = home / wd[2:] if wd.startswith("~/") else home if wd == "~" else home / wd
+
+    def _ensure(self) -> paramiko.SSHClient:
+        transport = self._client.get_transport() if self._client else None
+        if transport is not None and transport.is_active():
+            return self._client
+        self.close()
+        attempts = 1 + self.connect.reconnects
+        for attempt in range(attempts):
+            try:
+                self._connect_once()
+                return self._client
+            except UserError:
+                raise
+            except (*_TRANSIENT, OSError) as e:
+                self.close()
+                if attempt + 1 == attempts:
+                    raise ConnectionLost(
+                        f"cannot reach {self.label}: {type(e).__name__}: {e} (after {attempts} attempts)",
+                        hint=f"check that the device is on and sshd runs; `haqa doctor` checks the rest",
+                    ) from None
+                delay = min(2 ** attempt, 10)
+                ui.note(f"connection to {self.label} failed ({type(e).__name__}); retrying in {delay} s")
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _sftp_client(self) -> paramiko.SFTPClient:
+        self._ensure()
+        return self._sftp
+
+    def _retrying(self, what: str, fn: Callable[[], object]):
+        """Run fn, reconnecting (bounded) when the connection drops; fn must be safe to repeat."""
+        for attempt in range(1 + self.connect.reconnects):
+            try:
+                self._ensure()
+                return fn()
+            except (ConnectionLost, UserError):
+                raise
+            except (*_TRANSIENT, OSError) as e:
+                if isinstance(e, (FileNotFoundError, PermissionError)) or (isinstance(e, IOError) and getattr(e, "errno", None) in (2, 13)):
+                    raise
+                ui.note(f"connection to {self.label} dropped during {what} ({type(e).__name__}: {e}); reconnecting")
+                self.close()
+        raise ConnectionLost(f"lost the connection to {self.label} during {what}, {1 + self.connect.reconnects} times")
+
+    @property
+    def home(self) -> PurePosixPath:  # type: ignore[override]
+        if self._home is None:
+            self._ensure()
+        return self._home
+
+    def close(self) -> None:
+        for c in (self._sftp, self._client, self._jump):
+            try:
+                if c is not None:
+                    c.close()
+            except Exception:
+                pass
+        self._sftp = self._client = self._jump = None
+
+    # -- commands -------------------------------------------------------------------------------
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = None,
+        cwd: PurePath | None = None,
+        env: Mapping[str, str] | None = None,
+        log_path: Path | None = None,
+        on_line: Callable[[str], None] | None = None,
+    ) -> CommandResult:
+        argv = [str(a) for a in argv]
+        client = self._ensure()
+        try:
+            chan = client.get_transport().open_session()
+            chan.exec_command(command_line(argv, cwd, env))
+        except (*_TRANSIENT, OSError) as e:
+            self.close()
+            raise ConnectionLost(f"lost the connection to {self.label} starting {argv[0]}: {e}") from None
+        start = time.monotonic()
+        deadline = start + timeout if timeout else None
+        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        out: list[str] = []
+        partial = {"out": "", "err": ""}
+        pgid: list[int] = []
+        log = open(log_path, "a", encoding="utf-8") if log_path else None
+
+        def lines(kind: str, data: bytes, final: bool = False) -> None:
+            text = partial[kind] + data.decode("utf-8", errors="replace")
+            *complete, partial[kind] = text.split("\n")
+            if final and partial[kind]:
+                complete.append(partial[kind])
+                partial[kind] = ""
+            for line in complete:
+                if kind == "err":
+                    if not pgid and (m := _PGID.match(line)):
+                        pgid.append(int(m.group(1)))
+                        continue
+                    tail.append(line)
+                else:
+                    out.append(line + "\n")
+                if log:
+                    log.write(line + "\n")
+                if on_line:
+                    on_line(line)
+
+        timed_out = False
+        try:
+            while True:
+                if chan.recv_ready():
+                    lines("out", chan.recv(CHUNK))
+                    continue
+                if chan.recv_stderr_ready():
+                    lines("err", chan.recv_stderr(CHUNK))
+                    continue
+                if chan.exit_status_ready():
+                    while chan.recv_ready() or chan.recv_stderr_ready():
+                        if chan.recv_ready():
+                            lines("out", chan.recv(CHUNK))
+                        if chan.recv_stderr_ready():
+                            lines("err", chan.recv_stderr(CHUNK))
+                    break
+                if deadline and time.monotonic() > deadline:
+                    timed_out = True
+                    self._kill_group(pgid)
+                    break
+                if not client.get_transport().is_active() or chan.closed and not chan.exit_status_ready():
+                    self.close()
+                    raise ConnectionLost(
+                        f"lost the connection to {self.label} while running {argv[0]}; its output so far is in {log_path or 'the log'}"
+                    )
+                select.select([chan], [], [], 0.2)
+        except BaseException:
+            if not timed_out:
+                self._kill_group(pgid)  # Ctrl-C (or a lost connection): stop the remote process group
+            raise
+        finally:
+            lines("out", b"", final=True)
+            lines("err", b"", final=True)
+            if log:
+                log.close()
+        code = None if timed_out else chan.recv_exit_status()
+        chan.close()
+        if code == 127 and not pgid:
+            raise UserError(f"'{argv[0]}' could not be started on {self.label}: {' '.join(tail) or 'command not found'}")
+        return CommandResult(argv=argv, returncode=code, stdout="".join(out), stderr_tail="\n".join(tail),
+                             duration_s=time.monotonic() - start, timed_out=timed_out, log_path=log_path)
+
+    def _kill_group(self, pgid: list[int]) -> None:
+        if not pgid:
+            return
+        g = int(pgid[0])
+        try:
+            client = self._ensure()
+            chan = client.get_transport().open_session()
+            chan.exec_command(f"kill -TERM -- -{g} 2>/dev/null; sleep 2; kill -KILL -- -{g} 2>/dev/null; true")
+            chan.recv_exit_status()
+            chan.close()
+        except Exception as e:  # the device may be gone; there is nothing more to do from here
+            ui.note(f"could not stop process group {g} on {self.label}: {e}")
+
+    def _check(self, argv: Sequence[str], what: str) -> str:
+        r = self.run(argv, timeout=600)
+        if not r.ok:
+            raise UserError(f"{what} failed on {self.label} (exit {r.returncode}): {r.stderr_tail[-500:]}")
+        return r.stdout
+
+    def cpu_count(self) -> int:
+        if self._cpu_count is None:
+            text = self._check(["sh", "-c", "nproc 2>/dev/null || sysctl -n hw.ncpu"], "counting CPUs")
+            self._cpu_count = int(text.split()[0])
+        return self._cpu_count
+
+    # -- files ----------------------------------------------------------------------------------
+
+    def _stat(self, remote: PurePath):
+        try:
+            return self._sftp_client().stat(str(remote))
+        except FileNotFoundError:
+            return None
+        except IOError as e:
+            if getattr(e, "errno", None) == 2:
+                return None
+            raise
+
+    def exists(self, remote: PurePath) -> bool:
+        return self._retrying("stat", lambda: self._stat(remote) is not None)
+
+    def mkdir(self, remote: PurePath) -> None:
+        def do() -> None:
+            sftp = self._sftp_client()
+            path = PurePosixPath(remote)
+            missing = []
+            while str(path) not in ("/", ".") and self._stat(path) is None:
+                missing.append(path)
+                path = path.parent
+            for p in reversed(missing):
+                try:
+                    sftp.mkdir(str(p))
+                except IOError:
+                    if self._stat(p) is None:
+                        raise
+
+        self._retrying("mkdir", do)
+
+    def move(self, src: PurePath, dst: PurePath) -> None:
+        self._retrying("rename", lambda: self._sftp_client().posix_rename(str(src), str(dst)))
+
+    def read_text(self, remote: PurePath) -> str:
+        def do() -> str:
+            with self._sftp_client().open(str(remote), "r") as f:
+                return f.read().decode()
+
+        return self._retrying("read", do)
+
+    def write_text(self, remote: PurePath, text: str) -> None:
+        self.mkdir(PurePosixPath(remote).parent)
+
+        def do() -> None:
+            part = f"{remote}.part"
+            with self._sftp_client().open(part, "w") as f:
+                f.write(text.encode())
+            self._sftp_client().posix_rename(part, str(remote))
+
+        self._retrying("write", do)
+
+    def remove(self, remote: PurePath) -> None:
+        def do() -> None:
+            try:
+                self._sftp_client().remove(str(remote))
+            except FileNotFoundError:
+                pass
+
+        self._retrying("remove", do)
+
+    def _sha256_now(self, remote: PurePath) -> str:
+        text = self._check(["sh", "-c", 'sha256sum "$1" 2>/dev/null || shasum -a 256 "$1"', "haqa", str(remote)],
+                           f"hashing {remote}")
+        return text.split()[0]
+
+    def sha256(self, remote: PurePath) -> str:
+        st = self._stat(remote)
+        if st is None:
+            raise FileNotFoundError(str(remote))
+        stamp = f"{st.st_size}:{int(st.st_mtime)}"
+        sidecar = PurePosixPath(f"{remote}.sha256.json")
+        if self._stat(sidecar) is not None:
+            try:
+                saved = json.loads(self.read_text(sidecar))
+                if saved.get("stamp") == stamp:
+                    return saved["value"]
+            except ValueError:
+                pass
+        digest = self._sha256_now(remote)
+        self.write_text(sidecar, json.dumps({"stamp": stamp, "value": digest}))
+        return digest
+
+    def put(self, local: Path, remote: PurePath) -> bool:
+        local = Path(local)
+        digest = cached_sha256(local)
+        size = local.stat().st_size
+        st = self._stat(remote)
+        if st is not None and st.st_size == size and self.sha256(remote) == digest:
+            return False
+        self.mkdir(PurePosixPath(remote).parent)
+        part = PurePosixPath(f"{remote}.part")
+        with ui.progress(f"uploading {local.name} to {self.label}", total=size) as bar:
+            for fresh_start in (False, True):
+                if fresh_start:
+                    self.remove(part)
+                self._retrying(f"the upload of {local.name}", lambda: self._send(local, part, size, bar))
+                got = self._sha256_now(part)
+                if got == digest:
+                    break
+                ui.note(f"{local.name}: hash mismatch after upload ({got[:12]} != {digest[:12]}); sending it again")
+            else:
+                raise UserError(f"uploading {local} to {self.label}:{remote} produced a different file twice")
+        self.move(part, remote)
+        st = self._stat(remote)
+        self.write_text(PurePosixPath(f"{remote}.sha256.json"),
+                        json.dumps({"stamp": f"{st.st_size}:{int(st.st_mtime)}", "value": digest}))
+        return True
+
+    def _send(self, local: Path, part: PurePosixPath, size: int, bar) -> None:
+        """Append what the device lacks to `part`: a resumed upload sends only the rest."""
+        sftp = self._sftp_client()
+        st = self._stat(part)
+        offset = st.st_size if st is not None and st.st_size <= size else 0
+        with open(local, "rb") as fin, sftp.open(str(part), "ab" if offset else "wb") as fout:
+            fout.set_pipelined(True)
+            fin.seek(offset)
+            done = offset
+            bar.update(done)
+            while block := fin.read(CHUNK):
+                fout.write(block)
+                done += len(block)
+                self.bytes_sent += len(block)
+                bar.update(done)
+                if self._on_chunk:
+                    self._on_chunk(done)
+
+    _on_chunk: Callable[[int], None] | None = None  # test hook: called after each block is sent
+
+    def get(self, remote: PurePath, local: Path) -> None:
+        local = Path(local)
+        digest = self.sha256(remote)
+        if local.exists() and cached_sha256(local) == digest:
+            return
+        local.parent.mkdir(parents=True, exist_ok=True)
+        part = local.with_name(local.name + ".part")
+
+        def receive() -> None:
+            sftp = self._sftp_client()
+            offset = part.stat().st_size if part.exists() else 0
+            with sftp.open(str(remote), "rb") as fin, open(part, "ab" if offset else "wb") as fout:
+                fin.prefetch()
+                fin.seek(offset)
+                while block := fin.read(CHUNK):
+                    fout.write(block)
+
+        self._retrying(f"the download of {remote}", receive)
+        if cached_sha256(part) != digest:
+            part.unlink()
+            raise UserError(f"downloading {self.label}:{remote} gave a file whose sha256 differs; try again")
+        os.replace(part, local)
+
+    def local_dir(self, *parts: str) -> Path:
+        d = self._local_root.joinpath(*parts)
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def describe(self) -> dict:
+        c = self.connect
+        return {"runner": "ssh", "host": c.host, "port": c.port, "user": c.user, "jump": c.jump, "home": str(self.home)}
+
+    def is_dir(self, remote: PurePath) -> bool:
+        st = self._stat(remote)
+        return st is not None and stat.S_ISDIR(st.st_mode)
