@@ -81,31 +81,116 @@ def parse_nvidia_smi(text: str) -> dict | None:
     return None
 
 
-def local_facts() -> dict:
-    """Hardware facts of this machine, in the shape of a target's [hardware] table, plus `os`."""
-    facts: dict = {"arch": normalise_arch(platform.machine())}
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        facts.update({k: v for k, v in parse_cpuinfo(cpuinfo.read_text()).items() if v})
-    meminfo = Path("/proc/meminfo")
-    if meminfo.exists() and (ram := parse_meminfo(meminfo.read_text())):
+def parse_tegra_release(text: str) -> dict | None:
+    """Jetson GPU facts from /etc/nv_tegra_release (L4T R35/R36 = Orin, sm_87; R32 = Xavier/Nano)."""
+    m = re.search(r"#\s*R(\d+)", text)
+    if not m:
+        return None
+    release = int(m.group(1))
+    arch = "87" if release >= 34 else "72"
+    return {"kind": "cuda", "name": f"Jetson (L4T R{release})", "unified_memory": True, "cuda_arch": arch}
+
+
+def facts_from(*, system: str, machine: str, cpuinfo: str = "", meminfo: str = "", nvidia_smi: str = "",
+               tegra_release: str = "", sysctl: dict[str, str] | None = None) -> dict:
+    """A target's [hardware] table (plus `os`) from what the device printed."""
+    facts: dict = {"arch": normalise_arch(machine)}
+    if system.strip() == "Darwin":
+        facts["os"] = "macos"
+        sc = sysctl or {}
+        if sc.get("hw.memsize", "").isdigit():
+            facts["ram_gib"] = round(int(sc["hw.memsize"]) / 1024**3, 2)
+        cores = sc.get("hw.perflevel0.physicalcpu") or sc.get("hw.physicalcpu")
+        if cores and cores.isdigit():
+            facts["cores"] = int(cores)
+        if sc.get("machdep.cpu.brand_string"):
+            facts["cpu_model"] = sc["machdep.cpu.brand_string"]
+        features = ["neon"] if facts["arch"] == "aarch64" else []
+        for key, name in (("hw.optional.arm.FEAT_DotProd", "dotprod"), ("hw.optional.arm.FEAT_FP16", "fp16"),
+                          ("hw.optional.arm.FEAT_I8MM", "i8mm"), ("hw.optional.arm.FEAT_BF16", "bf16")):
+            if sc.get(key) == "1":
+                features.append(name)
+        facts["cpu_features"] = features
+        if facts["arch"] == "aarch64":
+            facts["gpu"] = {"kind": "metal", "unified_memory": True, "memory_gib": facts.get("ram_gib")}
+        return facts
+    facts["os"] = "linux"
+    if cpuinfo:
+        facts.update({k: v for k, v in parse_cpuinfo(cpuinfo).items() if v})
+    if meminfo and (ram := parse_meminfo(meminfo)):
         facts["ram_gib"] = ram
-    facts.setdefault("cores", os.cpu_count() or 1)
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    if affinity:
-        facts["cores"] = min(facts["cores"], affinity)
-    if shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(
-                ["nvidia-smi", "--query-gpu=name,memory.total,compute_cap", "--format=csv,noheader,nounits"],
-                capture_output=True, text=True, timeout=20,
-            ).stdout
-            if gpu := parse_nvidia_smi(out):
-                facts["gpu"] = gpu
-        except (OSError, subprocess.TimeoutExpired):
-            pass
+    if gpu := parse_nvidia_smi(nvidia_smi):
+        facts["gpu"] = gpu
+    elif tegra := parse_tegra_release(tegra_release):
+        facts["gpu"] = {**tegra, "memory_gib": facts.get("ram_gib")}
     return facts
 
 
-def local_os() -> str:
-    return "macos" if platform.system() == "Darwin" else "linux"
+def local_facts() -> dict:
+    """Hardware facts of this machine, in the shape of a target's [hardware] table, plus `os`."""
+    def read(path: str) -> str:
+        p = Path(path)
+        return p.read_text(errors="replace") if p.exists() else ""
+
+    smi = ""
+    if shutil.which("nvidia-smi"):
+        try:
+            smi = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,memory.total,compute_cap", "--format=csv,noheader,nounits"],
+                capture_output=True, text=True, timeout=20,
+            ).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    sysctl = None
+    if platform.system() == "Darwin":
+        sysctl = {}
+        for key in SYSCTL_KEYS:
+            r = subprocess.run(["sysctl", "-n", key], capture_output=True, text=True)
+            if r.returncode == 0:
+                sysctl[key] = r.stdout.strip()
+    facts = facts_from(system=platform.system(), machine=platform.machine(), cpuinfo=read("/proc/cpuinfo"),
+                       meminfo=read("/proc/meminfo"), nvidia_smi=smi, tegra_release=read("/etc/nv_tegra_release"),
+                       sysctl=sysctl)
+    facts.setdefault("cores", os.cpu_count() or 1)
+    if hasattr(os, "sched_getaffinity"):
+        facts["cores"] = min(facts["cores"], len(os.sched_getaffinity(0)))
+    return facts
+
+
+SYSCTL_KEYS = ["hw.memsize", "hw.physicalcpu", "hw.perflevel0.physicalcpu", "machdep.cpu.brand_string",
+               "hw.optional.arm.FEAT_DotProd", "hw.optional.arm.FEAT_FP16", "hw.optional.arm.FEAT_I8MM",
+               "hw.optional.arm.FEAT_BF16"]
+_SMI = "command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi --query-gpu=name,memory.total,compute_cap --format=csv,noheader,nounits || true"
+TOOLS_SCRIPT = ("for t in cc c++ cmake make nvcc; do printf '%s: ' \"$t\"; "
+                "if command -v \"$t\" >/dev/null 2>&1; then \"$t\" --version 2>&1 | grep -m1 -iE 'version|[0-9]+\\.[0-9]+' || echo present; "
+                "else echo missing; fi; done")
+
+
+def remote_facts(runner) -> tuple[dict, dict]:
+    """(hardware facts, {"hostname", "tools": {name: version line or "missing"}}) of a device, read
+    through a runner with commands haqa writes itself."""
+    def out(argv: list[str]) -> str:
+        r = runner.run(argv, timeout=120)
+        return r.stdout if r.ok else ""
+
+    system = out(["uname", "-s"]).strip()
+    machine = out(["uname", "-m"]).strip()
+    info: dict = {"hostname": out(["uname", "-n"]).strip(), "system": system}
+    if system == "Darwin":
+        sysctl = {}
+        for key in SYSCTL_KEYS:
+            if (v := out(["sysctl", "-n", key]).strip()):
+                sysctl[key] = v
+        facts = facts_from(system=system, machine=machine, sysctl=sysctl)
+    else:
+        facts = facts_from(system=system, machine=machine, cpuinfo=out(["cat", "/proc/cpuinfo"]),
+                           meminfo=out(["cat", "/proc/meminfo"]), nvidia_smi=out(["sh", "-c", _SMI]),
+                           tegra_release=out(["sh", "-c", "cat /etc/nv_tegra_release 2>/dev/null || true"]))
+        if "cores" not in facts and (n := out(["nproc"]).strip()).isdigit():
+            facts["cores"] = int(n)
+    tools = {}
+    for line in out(["sh", "-c", TOOLS_SCRIPT]).splitlines():
+        name, _, version = line.partition(": ")
+        tools[name.strip()] = version.strip()
+    info["tools"] = tools
+    return facts, info

@@ -3,6 +3,7 @@ tests marked `slow` use the real llama.cpp build and the real SmolLM2 model from
 
 from __future__ import annotations
 
+import os
 import socket
 import textwrap
 from pathlib import Path
@@ -13,6 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from haqa.cli import cli
+from haqa.config.schema import Connect
+from tests.sshd import SSHD, start_server
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -76,3 +79,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    if not Path(SSHD).exists():
+        if os.environ.get("CI"):
+            pytest.fail("sshd is missing: .ci/run installs openssh-server before the tests")
+        pytest.skip("openssh-server is not installed (apt-get install openssh-server)")
+    server = start_server(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def device_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("device-home")
+
+
+def connect_for(sshd, device_home, **over) -> Connect:
+    fields = dict(kind="ssh", host="127.0.0.1", port=sshd.port, user=sshd.user, key=str(sshd.client_key),
+                  known_hosts=str(sshd.known_hosts), workdir=str(device_home), reconnects=3, connect_timeout_s=10)
+    fields.update(over)
+    return Connect(**fields)

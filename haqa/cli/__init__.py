@@ -51,12 +51,13 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from haqa.cli import deploy, recipes, targets, toolchain
+    from haqa.cli import deploy, doctor, recipes, targets, toolchain
 
     cli.add_command(targets.targets)
     cli.add_command(recipes.recipes)
     cli.add_command(toolchain.toolchain)
     cli.add_command(deploy.deploy)
+    cli.add_command(doctor.doctor)
 
 
 _register()

@@ -162,8 +162,8 @@ def load_target(name: str) -> Target:
     data = load_merged(path, "targets")
     if data.get("detect") is True:
         detected = probe.local_facts()
+        data.setdefault("os", detected.pop("os"))
         data["hardware"] = _merge(detected, data.get("hardware", {}))
-        data.setdefault("os", probe.local_os())
     return _validate("targets", path, data)
 
 

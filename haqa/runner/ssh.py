@@ -77,7 +77,7 @@ class SshRunner(Runner):
         if connect.kind != "ssh" or not connect.host:
             raise ValueError("SshRunner needs an ssh [connect] table")
         self.connect = connect
-        self.label = label or f"{connect.user or ''}@{connect.host}:{connect.port}"
+        self.label = label or f"{connect.user + '@' if connect.user else ''}{connect.host}:{connect.port}"
         self._local_root = local_root or paths.cache_home() / "devices" / re.sub(r"[^A-Za-z0-9._-]", "_", self.label)
         self._client: paramiko.SSHClient | None = None
         self._jump: paramiko.SSHClient | None = None
@@ -263,11 +263,11 @@ class SshRunner(Runner):
         timed_out = False
         try:
             while True:
+                if chan.recv_stderr_ready():  # stderr first: its first line names the process group
+                    lines("err", chan.recv_stderr(CHUNK))
+                    continue
                 if chan.recv_ready():
                     lines("out", chan.recv(CHUNK))
-                    continue
-                if chan.recv_stderr_ready():
-                    lines("err", chan.recv_stderr(CHUNK))
                     continue
                 if chan.exit_status_ready():
                     while chan.recv_ready() or chan.recv_stderr_ready():
@@ -288,6 +288,7 @@ class SshRunner(Runner):
                 select.select([chan], [], [], 0.2)
         except BaseException:
             if not timed_out:
+                self._await_pgid(chan, pgid)
                 self._kill_group(pgid)  # Ctrl-C (or a lost connection): stop the remote process group
             raise
         finally:
@@ -301,6 +302,21 @@ class SshRunner(Runner):
             raise UserError(f"'{argv[0]}' could not be started on {self.label}: {' '.join(tail) or 'command not found'}")
         return CommandResult(argv=argv, returncode=code, stdout="".join(out), stderr_tail="\n".join(tail),
                              duration_s=time.monotonic() - start, timed_out=timed_out, log_path=log_path)
+
+    @staticmethod
+    def _await_pgid(chan, pgid: list[int], wait_s: float = 3.0) -> None:
+        """Read stderr until the wrapper's first line has named the process group (or give up)."""
+        deadline = time.monotonic() + wait_s
+        buf = b""
+        while not pgid and time.monotonic() < deadline and not chan.closed:
+            if chan.recv_stderr_ready():
+                buf += chan.recv_stderr(CHUNK)
+                for line in buf.decode(errors="replace").splitlines():
+                    if m := _PGID.match(line):
+                        pgid.append(int(m.group(1)))
+                        return
+            else:
+                time.sleep(0.02)
 
     def _kill_group(self, pgid: list[int]) -> None:
         if not pgid:

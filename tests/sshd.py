@@ -1,0 +1,142 @@
+"""A real OpenSSH server on 127.0.0.1 that plays the device in tests.
+
+Started on a free port with a host key and an authorized client key generated for the run; the
+"device" is this machine, reached only through sshd, with its own work folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "haqa-test", "-f", str(path)], check=True)
+
+
+@dataclass
+class SshServer:
+    dir: Path
+    port: int
+    proc: subprocess.Popen | None = None
+
+    @property
+    def client_key(self) -> Path:
+        return self.dir / "client_key"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.dir / "known_hosts"
+
+    @property
+    def user(self) -> str:
+        import getpass
+
+        return getpass.getuser()
+
+    def host_key_line(self) -> str:
+        kind, data = (self.dir / "host_key.pub").read_text().split()[:2]
+        return f"[127.0.0.1]:{self.port} {kind} {data}\n"
+
+    def start(self) -> "SshServer":
+        if not (self.dir / "host_key").exists():
+            _keygen(self.dir / "host_key")
+            _keygen(self.client_key)
+            shutil.copy(self.dir / "client_key.pub", self.dir / "authorized_keys")
+            self.known_hosts.write_text(self.host_key_line())
+            (self.dir / "sshd_config").write_text(textwrap.dedent(f"""\
+                Port {self.port}
+                ListenAddress 127.0.0.1
+                HostKey {self.dir}/host_key
+                AuthorizedKeysFile {self.dir}/authorized_keys
+                PidFile {self.dir}/sshd.pid
+                PubkeyAuthentication yes
+                PasswordAuthentication no
+                KbdInteractiveAuthentication no
+                PermitRootLogin prohibit-password
+                StrictModes no
+                UsePAM no
+                Subsystem sftp internal-sftp
+                MaxStartups 100
+                MaxSessions 50
+                LogLevel INFO
+            """))
+        Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+        log = open(self.dir / "sshd.log", "a")
+        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.dir / "sshd_config")],
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sshd exited: {(self.dir / 'sshd.log').read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("sshd did not start listening")
+
+    def sessions(self) -> list[int]:
+        """pids of the sshd processes serving connections (children of the listener)."""
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    def cut_connections(self) -> None:
+        """Drop every open connection, as a flaky network would; the listener stays up."""
+        for pid in self.sessions():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.cut_connections()
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=10)
+
+    def target_toml(self, name: str, workdir: Path, *, known_hosts: Path | None = None,
+                    connect_extra: str = "") -> str:
+        from haqa.probe import local_facts
+
+        facts = local_facts()
+        return textwrap.dedent(f"""\
+            name = "{name}"
+            description = "this machine, reached through a test sshd on port {self.port}"
+            os = "{facts['os']}"
+            [hardware]
+            arch = "{facts['arch']}"
+            cores = {facts['cores']}
+            ram_gib = {facts['ram_gib']}
+            [connect]
+            kind = "ssh"
+            host = "127.0.0.1"
+            port = {self.port}
+            user = "{self.user}"
+            key = "{self.client_key}"
+            known_hosts = "{known_hosts or self.known_hosts}"
+            workdir = "{workdir}"
+            reconnects = 3
+            connect_timeout_s = 10
+            {connect_extra}
+        """)
+
+
+def start_server(directory: Path) -> SshServer:
+    directory.mkdir(parents=True, exist_ok=True)
+    return SshServer(directory, _free_port()).start()

@@ -1,0 +1,164 @@
+"""The SSH runner against a real OpenSSH server on 127.0.0.1 (tests/sshd.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from haqa.config.schema import Connect
+from haqa.errors import UserError
+from haqa.runner.ssh import SshRunner, command_line
+from tests.conftest import connect_for
+
+
+@pytest.fixture
+def runner(sshd, device_home):
+    r = SshRunner(connect_for(sshd, device_home), label="loopback-test")
+    yield r
+    r.close()
+
+
+def _alive(marker: str) -> list[str]:
+    out = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout
+    return [p for p in out.split() if int(p) != os.getpid()]
+
+
+def test_run_returns_exit_code_stdout_and_stderr(runner, tmp_path):
+    log = tmp_path / "remote.log"
+    r = runner.run([sys.executable, "-c", "import sys; print('to out'); print('to err', file=sys.stderr); sys.exit(4)"],
+                   log_path=log)
+    assert r.returncode == 4 and r.stdout == "to out\n" and r.stderr_tail == "to err"
+    assert "to out" in log.read_text() and "HAQA-PGID" not in log.read_text()
+
+
+def test_arguments_reach_the_program_unchanged(runner, tmp_path):
+    evil = ["$(touch pwned)", "`touch pwned2`", "a b; rm -rf /", "it's", '"quoted"', "*", "\\n", ""]
+    r = runner.run([sys.executable, "-c", "import sys, json; print(json.dumps(sys.argv[1:]))", *evil], cwd=tmp_path)
+    import json
+
+    assert json.loads(r.stdout) == evil
+    assert not list(tmp_path.glob("pwned*"))
+
+
+def test_cwd_and_env(runner, tmp_path):
+    r = runner.run([sys.executable, "-c", "import os; print(os.getcwd()); print(os.environ['HAQA_TEST'])"],
+                   cwd=tmp_path, env={"HAQA_TEST": "x y $HOME"})
+    assert r.stdout.splitlines() == [str(tmp_path), "x y $HOME"]
+
+
+def test_command_line_quotes_every_element():
+    line = command_line(["llama-bench", "-m", "/m/a b.gguf", "$(reboot)"], cwd=PurePosixPath("/w d"))
+    assert line.startswith("cd '/w d' && exec sh -c ")
+    assert "'/m/a b.gguf'" in line and "'$(reboot)'" in line
+    with pytest.raises(ValueError):
+        command_line(["x"], env={"A;B": "1"})
+
+
+def test_hanging_command_times_out_and_leaves_no_process(runner):
+    marker = "sleep 371.5"
+    start = time.monotonic()
+    r = runner.run(["sh", "-c", f"{marker} & {marker}; wait"], timeout=2)
+    assert r.timed_out and r.returncode is None and not r.ok
+    assert time.monotonic() - start < 20
+    for _ in range(50):
+        if not _alive(marker):
+            break
+        time.sleep(0.2)
+    assert not _alive(marker), "the remote process group survived the timeout"
+
+
+def test_ctrl_c_stops_the_remote_process_group(runner):
+    marker = "sleep 372.5"
+
+    def interrupt(line: str) -> None:
+        if line == "started":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(["sh", "-c", f"{marker} & echo started; wait"], on_line=interrupt, timeout=60)
+    for _ in range(50):
+        if not _alive(marker):
+            break
+        time.sleep(0.2)
+    assert not _alive(marker)
+
+
+def test_changed_host_key_is_refused(sshd, device_home, tmp_path):
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    kind, data = (tmp_path / "other_key.pub").read_text().split()[:2]
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{sshd.port} {kind} {data}\n")
+    for tofu in (False, True):  # trust on first use never covers a changed key
+        r = SshRunner(connect_for(sshd, device_home, known_hosts=str(known), trust_on_first_use=tofu))
+        with pytest.raises(UserError, match="CHANGED") as e:
+            r.run(["true"])
+        assert "ssh-keygen" in str(e.value)
+
+
+def test_unknown_host_is_refused_unless_trust_on_first_use(sshd, device_home, tmp_path):
+    known = tmp_path / "known_hosts"
+    with pytest.raises(UserError, match="not in .*known_hosts"):
+        SshRunner(connect_for(sshd, device_home, known_hosts=str(known))).run(["true"])
+    r = SshRunner(connect_for(sshd, device_home, known_hosts=str(known), trust_on_first_use=True))
+    assert r.run(["true"]).ok
+    r.close()
+    assert f"[127.0.0.1]:{sshd.port}" in known.read_text()
+    r = SshRunner(connect_for(sshd, device_home, known_hosts=str(known)))  # now known: no TOFU needed
+    assert r.run(["true"]).ok
+    r.close()
+
+
+def _random_file(path: Path, mib: int) -> Path:
+    with open(path, "wb") as f:
+        for _ in range(mib):
+            f.write(os.urandom(1 << 20))
+    return path
+
+
+def test_upload_is_verified_and_not_repeated(runner, tmp_path):
+    src = _random_file(tmp_path / "blob.bin", 4)
+    remote = runner.dir("models", "test", "blob.bin")
+    assert runner.put(src, remote) is True
+    sent = runner.bytes_sent
+    assert sent == src.stat().st_size
+    assert runner.sha256(remote) == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert runner.put(src, remote) is False  # same hash already there: nothing sent
+    assert runner.bytes_sent == sent
+    back = tmp_path / "back.bin"
+    runner.get(remote, back)
+    assert back.read_bytes() == src.read_bytes()
+
+
+def test_upload_cut_mid_transfer_resumes_and_verifies(sshd, runner, tmp_path):
+    src = _random_file(tmp_path / "big.bin", 24)
+    size = src.stat().st_size
+    remote = runner.dir("models", "test", "big.bin")
+    cut = []
+
+    def hook(done: int) -> None:
+        if not cut and done > 0.4 * size:
+            cut.append(done)
+            sshd.cut_connections()
+
+    runner._on_chunk = hook
+    assert runner.put(src, remote) is True
+    assert cut, "the connection was never cut"
+    assert runner.bytes_sent < 1.25 * size, f"sent {runner.bytes_sent} bytes for {size}: it restarted instead of resuming"
+    assert runner.sha256(remote) == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert not runner.exists(PurePosixPath(f"{remote}.part"))
+
+
+def test_unreachable_device_gives_up_after_bounded_retries(device_home):
+    r = SshRunner(Connect(kind="ssh", host="127.0.0.1", port=1, reconnects=1, connect_timeout_s=2,
+                          workdir=str(device_home)))
+    start = time.monotonic()
+    with pytest.raises(UserError, match=r"cannot reach .*\(after 2 attempts\)"):
+        r.run(["true"])
+    assert time.monotonic() - start < 30
