@@ -162,3 +162,19 @@ def test_unreachable_device_gives_up_after_bounded_retries(device_home):
     with pytest.raises(UserError, match=r"cannot reach .*\(after 2 attempts\)"):
         r.run(["true"])
     assert time.monotonic() - start < 30
+
+
+def test_jump_host(sshd, device_home):
+    """Through a jump host (the same sshd, forwarding to itself), as `ssh -J` would."""
+    r = SshRunner(connect_for(sshd, device_home, jump=f"{sshd.user}@127.0.0.1:{sshd.port}"))
+    try:
+        assert r.run(["echo", "via jump"]).stdout == "via jump\n"
+        assert r._jump is not None
+    finally:
+        r.close()
+
+
+def test_dropped_connection_between_commands_reconnects(sshd, runner):
+    assert runner.run(["true"]).ok
+    sshd.cut_connections()  # the client has not noticed yet when the next command starts
+    assert runner.run(["echo", "back"]).stdout == "back\n"

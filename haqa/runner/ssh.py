@@ -226,13 +226,16 @@ class SshRunner(Runner):
         on_line: Callable[[str], None] | None = None,
     ) -> CommandResult:
         argv = [str(a) for a in argv]
-        client = self._ensure()
-        try:
-            chan = client.get_transport().open_session()
-            chan.exec_command(command_line(argv, cwd, env))
-        except (*_TRANSIENT, OSError) as e:
-            self.close()
-            raise ConnectionLost(f"lost the connection to {self.label} starting {argv[0]}: {e}") from None
+        for attempt in range(2):  # a connection that died while idle is noticed here: start again once
+            client = self._ensure()
+            try:
+                chan = client.get_transport().open_session()
+                chan.exec_command(command_line(argv, cwd, env))
+                break
+            except (*_TRANSIENT, OSError) as e:
+                self.close()
+                if attempt:
+                    raise ConnectionLost(f"lost the connection to {self.label} starting {argv[0]}: {e}") from None
         start = time.monotonic()
         deadline = start + timeout if timeout else None
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)

@@ -1,0 +1,97 @@
+"""A whole device over SSH: probe, doctor, a remote toolchain build, and a full `haqa deploy`.
+
+The device is this machine behind a real sshd on 127.0.0.1, with its own work folder, so the
+toolchain is really built "remotely" (a second build, into that folder) and the model really uploaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from haqa.config import load_target
+from haqa.hashing import sha256_file
+from haqa.probe import local_facts
+from haqa.runner import runner_for
+from haqa.toolchain import TOOLS, ensure_toolchain
+
+pytestmark = pytest.mark.slow
+HAQA = [sys.executable, "-m", "haqa"]
+
+
+def haqa_in(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*HAQA, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, sshd, device_home) -> Path:
+    """A project folder whose targets/loopback.toml was written by `haqa targets probe`."""
+    root = tmp_path_factory.mktemp("device-project")
+    proc = haqa_in(root, "targets", "probe", f"ssh://{sshd.user}@127.0.0.1:{sshd.port}", "--name", "loopback",
+                   "--key", str(sshd.client_key), "--known-hosts", str(sshd.known_hosts), "--workdir", str(device_home))
+    assert proc.returncode == 0, proc.stderr
+    return root
+
+
+def test_probe_writes_a_target_that_validates(project):
+    text = (project / "targets" / "loopback.toml").read_text()
+    assert "haqa targets probe" in text and "/proc/cpuinfo" in text
+    proc = haqa_in(project, "targets", "validate", "loopback")
+    assert proc.returncode == 0, proc.stderr
+    os.chdir(project)
+    target = load_target("loopback")
+    facts = local_facts()
+    assert target.connect.kind == "ssh" and target.connect.workdir
+    assert target.hardware.arch == facts["arch"] and target.hardware.cores == facts["cores"]
+    assert target.hardware.ram_gib == pytest.approx(facts["ram_gib"], abs=0.05)
+    assert target.hardware.cpu_features == facts["cpu_features"]
+
+
+def test_probe_refuses_to_overwrite(project, sshd):
+    proc = haqa_in(project, "targets", "probe", f"ssh://127.0.0.1:{sshd.port}", "--name", "loopback")
+    assert proc.returncode == 2 and "exists" in proc.stderr and "--force" in proc.stderr
+
+
+def test_doctor_finds_the_device_ready(project):
+    proc = haqa_in(project, "doctor", "--target", "loopback")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "cmake" in proc.stdout and "loopback: ready" in proc.stdout
+
+
+def test_toolchain_builds_on_the_device_then_hits_its_cache(project, device_home):
+    target = load_target(str(project / "targets" / "loopback.toml"))
+    runner = runner_for(target)
+    try:
+        first = ensure_toolchain(runner, target)
+        assert str(first.root).startswith(str(device_home))
+        for tool in TOOLS:
+            assert (Path(first.root) / "build" / "bin" / tool).is_file()
+        start = time.monotonic()
+        second = ensure_toolchain(runner, target)
+        assert second.cached and second.key == first.key and time.monotonic() - start < 15
+    finally:
+        runner.close()
+
+
+def test_deploy_over_ssh_measures_on_the_device(project, device_home, tmp_path):
+    out = tmp_path / "bundle"
+    proc = haqa_in(project, "deploy", "--target", "loopback", "--recipe", "smollm2-135m", "--out", str(out), timeout=1800)
+    assert proc.returncode == 0, proc.stderr
+    assert "uploaded to the device" in proc.stderr
+    assert proc.stderr.count("(n=3, measured)") == 4
+    lock = json.loads((out / "haqa.lock.json").read_text())
+    assert lock["measured_on"]["runner"] == "ssh" and lock["measured_on"]["home"] == str(device_home)
+    assert lock["target"]["name"] == "loopback"
+    gguf = out / f"smollm2-135m-{lock['model']['file_type']}.gguf"
+    assert sha256_file(gguf) == lock["model"]["sha256"]
+    assert list((device_home / "models").rglob("*.gguf")), "the candidates were not made on the device"
+
+    again = haqa_in(project, "deploy", "--target", "loopback", "--recipe", "smollm2-135m", "--out", str(out))
+    assert again.returncode == 0, again.stderr
+    assert "already on the device" in again.stderr and again.stderr.count("cached measurement") == 4
