@@ -1,9 +1,11 @@
-"""The deploy pipeline: resolve the model, build llama.cpp, quantize and measure the candidates on the
-device, choose, and write the bundle. Each step is cached by content hashes, so a second run with
-unchanged inputs measures nothing again."""
+"""The deploy pipeline: resolve the model, build llama.cpp, quantize the candidates on the device,
+measure speed (under a drift guard) and quality (KLD against the source), choose within the quality
+budget, and write the bundle. Each step is cached by content hashes, so a second run with unchanged
+inputs measures nothing again."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -11,12 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from haqa import __version__, paths, ui
-from haqa.agent.select import RULE, Trial, choose
+from haqa.agent.select import RULE, NothingFeasible, Trial, choose, within_budget
 from haqa.bundle import write_bundle
 from haqa.config import fingerprint, find_file, load_recipe, load_target
 from haqa.config.schema import Recipe, Target
 from haqa.errors import ToolFailed, UserError
-from haqa.measure.bench import BenchResult, run_bench
+from haqa.measure.bench import BenchResult, SpeedPolicy, quick_decode, run_bench
+from haqa.measure.corpus import load_corpus
+from haqa.measure.drift import DriftGuard, run_guarded
+from haqa.measure.quality import Quality, QualitySettings, measure_quality, reference_logits
 from haqa.measure.quantize import quantize
 from haqa.model.gguf_facts import read_facts
 from haqa.model.source import resolve_model
@@ -24,8 +29,8 @@ from haqa.runner import runner_for
 from haqa.runtime import RuntimeConfig
 from haqa.toolchain import ensure_toolchain
 
-LOCK_SCHEMA = 1
-BENCH_REPETITIONS = 3
+LOCK_SCHEMA = 2
+SPEED_POLICY = SpeedPolicy()
 
 
 @dataclass(frozen=True)
@@ -39,12 +44,9 @@ def default_config(target: Target, recipe: Recipe) -> RuntimeConfig:
     return RuntimeConfig(threads=target.hardware.cores, ctx_size=recipe.workload.min_context)
 
 
-def _bench_cache_path(target: Target, model_sha: str, toolchain_key: str, config: RuntimeConfig, recipe: Recipe) -> Path:
-    blob = json.dumps({
-        "model": model_sha, "toolchain": toolchain_key, "config": config.as_dict(), "target": fingerprint(target),
-        "prompt": recipe.workload.prompt_tokens, "gen": recipe.workload.gen_tokens, "reps": BENCH_REPETITIONS,
-    }, sort_keys=True)
-    return paths.cache_home() / "results" / target.name / f"bench-{hashlib.sha256(blob.encode()).hexdigest()[:20]}.json"
+def _cache_file(target: Target, kind: str, payload: dict) -> Path:
+    blob = json.dumps({**payload, "target": fingerprint(target)}, sort_keys=True)
+    return paths.cache_home() / "results" / target.name / f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:20]}.json"
 
 
 def deploy(target_name: str, recipe_name: str, out: Path | None = None, *, jobs: int | None = None) -> DeployResult:
@@ -58,15 +60,16 @@ def deploy(target_name: str, recipe_name: str, out: Path | None = None, *, jobs:
     source_facts = read_facts(model.path)
     ui.note(f"model: {model.path.name} ({source_facts.architecture}, {source_facts.file_type}, "
             f"{source_facts.n_params / 1e6:.0f}M parameters, sha256 {model.sha256[:12]})")
+    corpus = load_corpus(recipe.quality.corpus, recipe_file.parent)
 
     runner = runner_for(target)
     try:
-        return _deploy_on(runner, target, recipe, model, source_facts, label, out, jobs)
+        return _deploy_on(runner, target, recipe, model, source_facts, corpus, label, out, jobs)
     finally:
         runner.close()
 
 
-def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, label: str, out: Path | None,
+def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corpus, label: str, out: Path | None,
                jobs: int | None) -> DeployResult:
     toolchain = ensure_toolchain(runner, target, jobs=jobs)
     ui.note(f"llama.cpp {toolchain.commit[:8]} toolchain {toolchain.key} "
@@ -79,43 +82,94 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, labe
         sent = runner.put(model.path, device_source)
         ui.note(f"source model {'uploaded to' if sent else 'already on'} the device: {device_source}")
 
-    config = default_config(target, recipe)
-    trials: list[Trial] = []
-    for quant in recipe.search.quants:
+    base = default_config(target, recipe)
+    settings = QualitySettings(ctx=recipe.quality.ctx, chunks=recipe.quality.chunks)
+    try:
+        reference = reference_logits(runner, toolchain, device_source, model.sha256, corpus, settings, base.threads)
+    except ToolFailed as e:
+        raise UserError(f"computing the reference logits of {model.path.name} failed: {e}") from None
+    w = recipe.workload
+
+    def quality_of(trial_key: dict, candidate, config: RuntimeConfig) -> Quality:
+        cache = _cache_file(target, "quality", {**trial_key, "reference": reference.name,
+                                                "kv": [config.cache_type_k, config.cache_type_v]})
+        if cache.exists():
+            return Quality.from_dict(json.loads(cache.read_text()))
+        q = measure_quality(runner, toolchain, candidate, reference, corpus, settings, threads=config.threads,
+                            cache_type_k=config.cache_type_k, cache_type_v=config.cache_type_v)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(q.as_dict(), indent=1))
+        return q
+
+    def bench_cache(trial_key: dict, config: RuntimeConfig) -> Path:
+        return _cache_file(target, "bench", {**trial_key, "config": config.as_dict(), "workload": w.model_dump(),
+                                              "policy": dataclasses.asdict(SPEED_POLICY)})
+
+    def prepare(quant: str):
+        candidate, _ = quantize(runner, toolchain, device_source, model.sha256, source_facts.file_type, quant)
+        return candidate, {"model": runner.sha256(candidate), "toolchain": toolchain.key}
+
+    candidates = [(q, dataclasses.replace(base, cache_type_k=kv, cache_type_v=kv))
+                  for q in recipe.search.quants for kv in recipe.quality.kv_types]
+    done: dict[int, Trial] = {}
+    to_measure: list[int] = []
+    for i, (quant, config) in enumerate(candidates):
         try:
-            candidate, _ = quantize(runner, toolchain, device_source, model.sha256, source_facts.file_type, quant)
-            cand_sha = runner.sha256(candidate)
-            cache = _bench_cache_path(target, cand_sha, toolchain.key, config, recipe)
-            if cache.exists():
-                bench = BenchResult.from_dict(json.loads(cache.read_text()))
-                origin = "cached measurement"
-            else:
-                ui.note(f"measuring {quant} with llama-bench ({BENCH_REPETITIONS} repetitions)")
-                bench = run_bench(runner, toolchain, candidate, config, prompt_tokens=recipe.workload.prompt_tokens,
-                                  gen_tokens=recipe.workload.gen_tokens, repetitions=BENCH_REPETITIONS,
-                                  log_path=runner.local_dir("logs") / f"bench-{quant}.log")
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                cache.write_text(json.dumps(bench.as_dict(), indent=1))
-                origin = "measured"
-            trials.append(Trial(quant=quant, config=config, bench=bench, model_sha256=cand_sha))
-            ui.note(f"{quant:>7}: decode {bench.decode.mean:7.1f} ± {bench.decode.stddev:.1f} tok/s, "
-                    f"prefill {bench.prefill.mean:8.1f} ± {bench.prefill.stddev:.1f} tok/s "
-                    f"(n={bench.decode.repetitions}, {origin})")
+            candidate, key = prepare(quant)
+        except ToolFailed as e:
+            done[i] = Trial(quant=quant, config=config, bench=None, error=str(e)[-2000:])
+            continue
+        cache = bench_cache(key, config)
+        if cache.exists():
+            bench = BenchResult.from_dict(json.loads(cache.read_text()))
+            done[i] = _report(Trial(quant, config, bench, quality_of(key, candidate, config), key["model"]),
+                              "cached measurement", recipe)
+        else:
+            to_measure.append(i)
+
+    def measure(i: int) -> Trial:
+        quant, config = candidates[i]
+        ui.note(f"measuring {quant} (KV {config.cache_type_k}) with llama-bench and llama-perplexity")
+        try:
+            candidate, key = prepare(quant)
+            bench = run_bench(runner, toolchain, candidate, config, prompt_tokens=w.prompt_tokens,
+                              gen_tokens=w.gen_tokens, policy=SPEED_POLICY,
+                              log_path=runner.local_dir("logs") / f"bench-{quant}-{config.cache_type_k}.log")
+            trial = Trial(quant, config, bench, quality_of(key, candidate, config), key["model"])
+            return _report(trial, "measured", recipe)
         except ToolFailed as e:
             ui.note(f"{quant:>7}: failed: {str(e).splitlines()[0]}")
-            trials.append(Trial(quant=quant, config=config, bench=None, error=str(e)[-2000:]))
+            return Trial(quant=quant, config=config, bench=None, error=str(e)[-2000:])
 
-    if not any(t.ok for t in trials):
-        raise UserError(f"no candidate of {label} could be measured; the errors were:\n" +
-                        "\n".join(f"  {t.quant}: {t.error}" for t in trials))
-    winner = choose(trials)
-    ui.step(f"chose {winner.quant}: decode {winner.bench.decode.mean:.1f} tok/s (rule: {RULE})")
-    device_candidate, _ = quantize(runner, toolchain, device_source, model.sha256, source_facts.file_type, winner.quant)
+    def accept(trial: Trial) -> None:
+        if trial.ok:
+            cache = bench_cache({"model": trial.model_sha256, "toolchain": toolchain.key}, trial.config)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(trial.bench.as_dict(), indent=1))
+
+    guard = DriftGuard(lambda: quick_decode(runner, toolchain, device_source, base))
+    reruns = 0
+    if to_measure:
+        measured, reruns = run_guarded(to_measure, measure, guard, accept=accept)
+        done.update(zip(to_measure, measured))
+        if reruns:
+            ui.note(f"drift guard: the anchor moved; {reruns} trial(s) measured again")
+    trials = [done[i] for i in range(len(candidates))]
+
+    try:
+        winner = choose(trials, recipe.quality)
+    except NothingFeasible as e:
+        raise UserError(f"no candidate of {label} is within the quality budget (max_kld {recipe.quality.max_kld}): {e}",
+                        hint="raise [quality].max_kld in the recipe or add higher-precision quants to [search].quants") from None
+    ui.step(f"chose {winner.name}: decode {winner.bench.decode.mean:.1f} tok/s, KLD {winner.quality.kld_mean:.4f} "
+            f"(rule: {RULE})")
+    device_candidate, _ = prepare(winner.quant)
     candidate = runner.fetch(device_candidate)
     server = runner.fetch(toolchain.bin("llama-server"))
 
     model_name = f"{recipe.name}-{winner.quant}.gguf"
-    lock = _lock(target, recipe, model, source_facts, toolchain, winner, trials, candidate, runner.describe())
+    lock = _lock(target, recipe, model, source_facts, toolchain, winner, trials, candidate, runner.describe(),
+                 corpus, settings, guard if to_measure else None, reruns)
     out = out or Path("dist") / label
     bundle = write_bundle(out, model=candidate, model_name=model_name, server_binary=server,
                           lock=lock, server_args=winner.config.server_args(), label=label, alias=recipe.name)
@@ -123,10 +177,24 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, labe
     return DeployResult(bundle=bundle, winner=winner, trials=trials)
 
 
+def _report(trial: Trial, origin: str, recipe: Recipe) -> Trial:
+    b, q = trial.bench, trial.quality
+    ok, _ = within_budget(trial, recipe.quality)
+    rss = f", peak RSS {b.peak_rss_bytes / 2**20:.0f} MiB" if b.peak_rss_bytes else ""
+    ui.note(f"{trial.name:>12}: decode {b.decode.mean:7.1f} ± {b.decode.stddev:.1f} tok/s (n={b.decode.repetitions}), "
+            f"prefill {b.prefill.mean:8.1f} ± {b.prefill.stddev:.1f} tok/s (n={b.prefill.repetitions}), "
+            f"KLD {q.kld_mean:.4f}{'' if ok else ' (over budget)'}{rss} [{origin}]")
+    return trial
+
+
 def _trial_record(t: Trial, recipe: Recipe) -> dict:
-    rec = {"quant": t.quant, "config": t.config.as_dict(), "status": "ok" if t.ok else "failed"}
+    rec = {"name": t.name, "quant": t.quant, "config": t.config.as_dict(), "status": "ok" if t.ok else "failed"}
     if t.ok:
+        ok, why = within_budget(t, recipe.quality)
         rec["bench"] = t.bench.as_dict()
+        rec["quality"] = t.quality.as_dict() if t.quality else None
+        rec["within_budget"] = ok
+        rec["budget_note"] = why
         rec["time_to_first_token_s"] = {
             "value": round(t.bench.time_to_first_token_s(recipe.workload.prompt_tokens), 4),
             "basis": f"derived: prompt_tokens ({recipe.workload.prompt_tokens}) / measured prefill mean",
@@ -138,7 +206,8 @@ def _trial_record(t: Trial, recipe: Recipe) -> dict:
 
 
 def _lock(target: Target, recipe: Recipe, model, source_facts, toolchain, winner: Trial, trials: list[Trial],
-          candidate: Path, device: dict) -> dict:
+          candidate: Path, device: dict, corpus, settings: QualitySettings, guard: DriftGuard | None,
+          reruns: int) -> dict:
     facts = read_facts(candidate)
     return {
         "schema": LOCK_SCHEMA,
@@ -155,8 +224,14 @@ def _lock(target: Target, recipe: Recipe, model, source_facts, toolchain, winner
         "model": {"file_type": winner.quant, "sha256": winner.model_sha256, "size_bytes": facts.size_bytes,
                   "architecture": facts.architecture, "n_params": facts.n_params},
         "runtime": {**winner.config.as_dict(), "server_args": winner.config.server_args()},
-        "selection": {"proposer": "rule", "rule": RULE, "trials": len(trials),
-                      "quality": "not measured by this version: the choice is by speed alone"},
+        "selection": {"proposer": "rule", "rule": RULE, "trials": len(trials)},
+        "quality_method": {"reference": f"the source GGUF ({source_facts.file_type})", "corpus": corpus.name,
+                           "corpus_sha256": corpus.sha256, "ctx": settings.ctx, "chunks": settings.chunks,
+                           "tool": "llama-perplexity --kl-divergence"},
+        "speed_method": {"tool": "llama-bench", **dataclasses.asdict(SPEED_POLICY),
+                         "prefill": f"{recipe.workload.prompt_tokens} tokens at depth 0",
+                         "decode": f"{recipe.workload.gen_tokens} tokens at depth {recipe.workload.prompt_tokens}"},
+        "drift_guard": ({**guard.as_dict(), "reruns": reruns} if guard else "no new measurements in this run"),
         "metrics": _trial_record(winner, recipe),
         "trials": [_trial_record(t, recipe) for t in trials],
     }

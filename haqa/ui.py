@@ -7,17 +7,18 @@ import time
 from collections.abc import Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def step(message: str) -> None:
-    console.print(f"[bold cyan]haqa[/]: {message}")
+    console.print(f"[bold cyan]haqa[/]: {escape(message)}")
 
 
 def note(message: str) -> None:
-    console.print(f"  {message}", style="dim")
+    console.print(f"  {message}", style="dim", markup=False)
 
 
 class _Bar:
@@ -33,7 +34,7 @@ class _Bar:
         decile = int(10 * completed / self._total) * 10 if self._total else 0
         if decile > self._last_printed:
             self._last_printed = decile
-            console.print(f"  {self._label}: {decile}%")
+            console.print(f"  {self._label}: {decile}%", markup=False)
 
 
 @contextlib.contextmanager
@@ -48,4 +49,4 @@ def progress(label: str, total: float = 100.0) -> Iterator[_Bar]:
             yield _Bar(p, task, label, total)
     else:
         yield _Bar(None, None, label, total)
-        console.print(f"  {label}: done in {time.monotonic() - start:.0f} s")
+        console.print(f"  {label}: done in {time.monotonic() - start:.0f} s", markup=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -42,7 +43,8 @@ def bundle(tmp_path_factory, home) -> Path:
     proc = run_haqa(home, "deploy", "--target", "local", "--recipe", "smollm2-135m", "--out", str(out), timeout=1800)
     assert proc.returncode == 0, proc.stderr
     assert "chose" in proc.stderr and "bundle written" in proc.stderr
-    assert proc.stderr.count("(n=3, measured)") == 4  # every candidate measured in this run
+    for quant in ("Q8_0", "Q4_1", "Q4_K_M", "Q4_0"):  # every candidate measured in this run
+        assert re.search(rf"{quant}: decode .*\[measured\]", proc.stderr), proc.stderr
     return out
 
 
@@ -56,9 +58,16 @@ def test_bundle_has_gguf_lock_and_script(bundle):
     assert quant in ["Q8_0", "Q4_1", "Q4_K_M", "Q4_0"]
     decode = lock["metrics"]["bench"]["decode"]
     assert decode["basis"] == "measured" and decode["repetitions"] >= 3 and decode["stddev"] >= 0
-    assert decode["mean"] == max(t["bench"]["decode"]["mean"] for t in lock["trials"] if t["status"] == "ok")
+    assert decode["depth"] == lock["recipe"]["workload"]["prompt_tokens"]
+    feasible = [t for t in lock["trials"] if t["status"] == "ok" and t["within_budget"]]
+    assert decode["mean"] == max(t["bench"]["decode"]["mean"] for t in feasible)
+    quality = lock["metrics"]["quality"]
+    assert quality["kld_mean"] <= lock["recipe"]["quality_budget"]["max_kld"] and quality["basis"].startswith("measured")
+    assert 0 < quality["same_top_p"] <= 100 and lock["quality_method"]["corpus"] == "python-docs"
+    assert lock["metrics"]["bench"]["peak_rss_bytes"] > lock["model"]["size_bytes"]
     assert lock["runtime"]["threads"] >= 1 and lock["runtime"]["ctx_size"] == 2048
     assert lock["selection"]["proposer"] == "rule" and lock["selection"]["trials"] == 4
+    assert lock["drift_guard"]["history"][0]["event"] == "baseline"
 
 
 def test_bundled_gguf_loads_in_llama_cpp_python(bundle):
@@ -106,5 +115,6 @@ def test_second_deploy_reuses_every_cache(bundle, home):
     proc = run_haqa(home, "deploy", "--target", "local", "--recipe", "smollm2-135m", "--out", str(bundle), timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "quantizing" not in proc.stderr and "building llama.cpp" not in proc.stderr
-    assert proc.stderr.count("cached measurement") == 4
+    assert "measuring" not in proc.stderr and "reference logits" not in proc.stderr
+    assert proc.stderr.count("[cached measurement]") == 4
     assert time.monotonic() - start < 60

@@ -1,17 +1,19 @@
-"""Pick the winner among measured candidates.
+"""Pick the winner among measured trials: the fastest decode among those within the quality budget.
 
-The walking skeleton's rule: the fastest decode (mean tok/s) among the recipe's candidate quants.
-The agent replaces this module's caller, not the records it reads.
+A trial over the budget is never chosen. The agent replaces how candidates are proposed, not this
+rule's guarantee.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from haqa.config.schema import Quality as QualityBudget
 from haqa.measure.bench import BenchResult
+from haqa.measure.quality import Quality
 from haqa.runtime import RuntimeConfig
 
-RULE = "fastest-decode"
+RULE = "fastest decode within the quality budget"
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,7 @@ class Trial:
     quant: str
     config: RuntimeConfig
     bench: BenchResult | None
+    quality: Quality | None = None
     model_sha256: str | None = None
     error: str | None = None
 
@@ -26,9 +29,32 @@ class Trial:
     def ok(self) -> bool:
         return self.bench is not None
 
+    @property
+    def name(self) -> str:
+        kv = "" if self.config.cache_type_k == "f16" else f"+kv:{self.config.cache_type_k}"
+        return f"{self.quant}{kv}"
 
-def choose(trials: list[Trial]) -> Trial:
-    ok = [t for t in trials if t.ok]
-    if not ok:
-        raise ValueError("no candidate could be measured")
-    return max(ok, key=lambda t: t.bench.decode.mean)
+
+def within_budget(trial: Trial, budget: QualityBudget) -> tuple[bool, str]:
+    if not trial.ok:
+        return False, "not measured"
+    if trial.quality is None:
+        return False, "quality not measured"
+    q = trial.quality
+    if q.kld_mean > budget.max_kld:
+        return False, f"mean KLD {q.kld_mean:.4f} > budget {budget.max_kld}"
+    if budget.max_ppl_ratio is not None and q.ppl_ratio > budget.max_ppl_ratio:
+        return False, f"PPL ratio {q.ppl_ratio:.4f} > budget {budget.max_ppl_ratio}"
+    return True, "within budget"
+
+
+class NothingFeasible(Exception):
+    pass
+
+
+def choose(trials: list[Trial], budget: QualityBudget) -> Trial:
+    feasible = [t for t in trials if within_budget(t, budget)[0]]
+    if not feasible:
+        reasons = "; ".join(f"{t.name}: {within_budget(t, budget)[1]}" for t in trials)
+        raise NothingFeasible(reasons)
+    return max(feasible, key=lambda t: t.bench.decode.mean)

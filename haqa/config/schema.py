@@ -20,6 +20,7 @@ CPU_FEATURES = [
 ]
 ARCHES = ["x86_64", "aarch64"]
 KV_TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
+BENCH_KV_TYPES = ["f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"]  # llama-bench accepts these
 _CMAKE_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _CMAKE_VALUE = re.compile(r"^[A-Za-z0-9_.+\-;=/]*$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -196,8 +197,22 @@ class Search(_Strict):
 
 
 class Quality(_Strict):
-    max_kld: float = Field(gt=0)
-    max_ppl_ratio: Optional[float] = Field(default=None, gt=1)
+    max_kld: float = Field(gt=0)  # mean KL divergence against the source's logits
+    max_ppl_ratio: Optional[float] = Field(default=None, gt=1)  # PPL(candidate) / PPL(source)
+    corpus: str = "python-docs"  # or a path to a text file (relative to the recipe)
+    ctx: int = Field(default=512, ge=64, le=32768)  # tokens per chunk
+    chunks: int = Field(default=8, ge=2, le=1000)  # bounds the reference logits' size
+    kv_types: list[str] = ["f16"]  # KV-cache types to try (same for K and V); each changes quality too
+
+    @field_validator("kv_types")
+    @classmethod
+    def _kv(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if t not in BENCH_KV_TYPES:
+                raise ValueError(f"unknown KV-cache type {t!r}{did_you_mean(t, BENCH_KV_TYPES)}; valid: {', '.join(BENCH_KV_TYPES)}")
+        if not v or len(set(v)) != len(v):
+            raise ValueError("kv_types must list distinct types")
+        return v
 
 
 class Workload(_Strict):
