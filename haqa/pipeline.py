@@ -84,13 +84,20 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
 
     base = default_config(target, recipe)
     settings = QualitySettings(ctx=recipe.quality.ctx, chunks=recipe.quality.chunks)
-    try:
-        reference = reference_logits(runner, toolchain, device_source, model.sha256, corpus, settings, base.threads)
-    except ToolFailed as e:
-        raise UserError(f"computing the reference logits of {model.path.name} failed: {e}") from None
+    synthetic = source_facts.synthetic
+    reference = None
+    if synthetic:
+        ui.note("synthetic weights: speed and memory only; quality is not measured")
+    else:
+        try:
+            reference = reference_logits(runner, toolchain, device_source, model.sha256, corpus, settings, base.threads)
+        except ToolFailed as e:
+            raise UserError(f"computing the reference logits of {model.path.name} failed: {e}") from None
     w = recipe.workload
 
-    def quality_of(trial_key: dict, candidate, config: RuntimeConfig) -> Quality:
+    def quality_of(trial_key: dict, candidate, config: RuntimeConfig) -> Quality | None:
+        if synthetic:
+            return None
         cache = _cache_file(target, "quality", {**trial_key, "reference": reference.name,
                                                 "kv": [config.cache_type_k, config.cache_type_v]})
         if cache.exists():
@@ -123,20 +130,21 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
         if cache.exists():
             bench = BenchResult.from_dict(json.loads(cache.read_text()))
             done[i] = _report(Trial(quant, config, bench, quality_of(key, candidate, config), key["model"]),
-                              "cached measurement", recipe)
+                              "cached measurement", recipe, synthetic)
         else:
             to_measure.append(i)
 
     def measure(i: int) -> Trial:
         quant, config = candidates[i]
-        ui.note(f"measuring {quant} (KV {config.cache_type_k}) with llama-bench and llama-perplexity")
+        tools = "llama-bench" if synthetic else "llama-bench and llama-perplexity"
+        ui.note(f"measuring {quant} (KV {config.cache_type_k}) with {tools}")
         try:
             candidate, key = prepare(quant)
             bench = run_bench(runner, toolchain, candidate, config, prompt_tokens=w.prompt_tokens,
                               gen_tokens=w.gen_tokens, policy=SPEED_POLICY,
                               log_path=runner.local_dir("logs") / f"bench-{quant}-{config.cache_type_k}.log")
             trial = Trial(quant, config, bench, quality_of(key, candidate, config), key["model"])
-            return _report(trial, "measured", recipe)
+            return _report(trial, "measured", recipe, synthetic)
         except ToolFailed as e:
             ui.note(f"{quant:>7}: failed: {str(e).splitlines()[0]}")
             return Trial(quant=quant, config=config, bench=None, error=str(e)[-2000:])
@@ -157,12 +165,12 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
     trials = [done[i] for i in range(len(candidates))]
 
     try:
-        winner = choose(trials, recipe.quality)
+        winner = choose(trials, recipe.quality, synthetic=synthetic)
     except NothingFeasible as e:
         raise UserError(f"no candidate of {label} is within the quality budget (max_kld {recipe.quality.max_kld}): {e}",
                         hint="raise [quality].max_kld in the recipe or add higher-precision quants to [search].quants") from None
-    ui.step(f"chose {winner.name}: decode {winner.bench.decode.mean:.1f} tok/s, KLD {winner.quality.kld_mean:.4f} "
-            f"(rule: {RULE})")
+    kld = f"KLD {winner.quality.kld_mean:.4f}" if winner.quality else "quality not reported (synthetic)"
+    ui.step(f"chose {winner.name}: decode {winner.bench.decode.mean:.1f} tok/s, {kld} (rule: {RULE})")
     device_candidate, _ = prepare(winner.quant)
     candidate = runner.fetch(device_candidate)
     server = runner.fetch(toolchain.bin("llama-server"))
@@ -177,20 +185,21 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
     return DeployResult(bundle=bundle, winner=winner, trials=trials)
 
 
-def _report(trial: Trial, origin: str, recipe: Recipe) -> Trial:
+def _report(trial: Trial, origin: str, recipe: Recipe, synthetic: bool) -> Trial:
     b, q = trial.bench, trial.quality
-    ok, _ = within_budget(trial, recipe.quality)
+    ok, _ = within_budget(trial, recipe.quality, synthetic=synthetic)
     rss = f", peak RSS {b.peak_rss_bytes / 2**20:.0f} MiB" if b.peak_rss_bytes else ""
+    kld = f"KLD {q.kld_mean:.4f}{'' if ok else ' (over budget)'}" if q else "synthetic"
     ui.note(f"{trial.name:>12}: decode {b.decode.mean:7.1f} ± {b.decode.stddev:.1f} tok/s (n={b.decode.repetitions}), "
             f"prefill {b.prefill.mean:8.1f} ± {b.prefill.stddev:.1f} tok/s (n={b.prefill.repetitions}), "
-            f"KLD {q.kld_mean:.4f}{'' if ok else ' (over budget)'}{rss} [{origin}]")
+            f"{kld}{rss} [{origin}]")
     return trial
 
 
-def _trial_record(t: Trial, recipe: Recipe) -> dict:
+def _trial_record(t: Trial, recipe: Recipe, synthetic: bool) -> dict:
     rec = {"name": t.name, "quant": t.quant, "config": t.config.as_dict(), "status": "ok" if t.ok else "failed"}
     if t.ok:
-        ok, why = within_budget(t, recipe.quality)
+        ok, why = within_budget(t, recipe.quality, synthetic=synthetic)
         rec["bench"] = t.bench.as_dict()
         rec["quality"] = t.quality.as_dict() if t.quality else None
         rec["within_budget"] = ok
@@ -225,13 +234,15 @@ def _lock(target: Target, recipe: Recipe, model, source_facts, toolchain, winner
                   "architecture": facts.architecture, "n_params": facts.n_params},
         "runtime": {**winner.config.as_dict(), "server_args": winner.config.server_args()},
         "selection": {"proposer": "rule", "rule": RULE, "trials": len(trials)},
-        "quality_method": {"reference": f"the source GGUF ({source_facts.file_type})", "corpus": corpus.name,
-                           "corpus_sha256": corpus.sha256, "ctx": settings.ctx, "chunks": settings.chunks,
-                           "tool": "llama-perplexity --kl-divergence"},
+        "synthetic": source_facts.synthetic,
+        "quality_method": ("not measured: synthetic weights" if source_facts.synthetic else
+                           {"reference": f"the source GGUF ({source_facts.file_type})", "corpus": corpus.name,
+                            "corpus_sha256": corpus.sha256, "ctx": settings.ctx, "chunks": settings.chunks,
+                            "tool": "llama-perplexity --kl-divergence"}),
         "speed_method": {"tool": "llama-bench", **dataclasses.asdict(SPEED_POLICY),
                          "prefill": f"{recipe.workload.prompt_tokens} tokens at depth 0",
                          "decode": f"{recipe.workload.gen_tokens} tokens at depth {recipe.workload.prompt_tokens}"},
         "drift_guard": ({**guard.as_dict(), "reruns": reruns} if guard else "no new measurements in this run"),
-        "metrics": _trial_record(winner, recipe),
-        "trials": [_trial_record(t, recipe) for t in trials],
+        "metrics": _trial_record(winner, recipe, source_facts.synthetic),
+        "trials": [_trial_record(t, recipe, source_facts.synthetic) for t in trials],
     }

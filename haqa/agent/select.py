@@ -35,9 +35,14 @@ class Trial:
         return f"{self.quant}{kv}"
 
 
-def within_budget(trial: Trial, budget: QualityBudget) -> tuple[bool, str]:
+SYNTHETIC_NOTE = "synthetic weights: quality is not reported, so the budget cannot apply"
+
+
+def within_budget(trial: Trial, budget: QualityBudget, *, synthetic: bool = False) -> tuple[bool, str]:
     if not trial.ok:
         return False, "not measured"
+    if synthetic:
+        return True, SYNTHETIC_NOTE
     if trial.quality is None:
         return False, "quality not measured"
     q = trial.quality
@@ -52,9 +57,9 @@ class NothingFeasible(Exception):
     pass
 
 
-def choose(trials: list[Trial], budget: QualityBudget) -> Trial:
-    feasible = [t for t in trials if within_budget(t, budget)[0]]
+def choose(trials: list[Trial], budget: QualityBudget, *, synthetic: bool = False) -> Trial:
+    feasible = [t for t in trials if within_budget(t, budget, synthetic=synthetic)[0]]
     if not feasible:
-        reasons = "; ".join(f"{t.name}: {within_budget(t, budget)[1]}" for t in trials)
+        reasons = "; ".join(f"{t.name}: {within_budget(t, budget, synthetic=synthetic)[1]}" for t in trials)
         raise NothingFeasible(reasons)
     return max(feasible, key=lambda t: t.bench.decode.mean)

@@ -51,13 +51,14 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from haqa.cli import deploy, doctor, recipes, targets, toolchain
+    from haqa.cli import deploy, doctor, recipes, synth, targets, toolchain
 
     cli.add_command(targets.targets)
     cli.add_command(recipes.recipes)
     cli.add_command(toolchain.toolchain)
     cli.add_command(deploy.deploy)
     cli.add_command(doctor.doctor)
+    cli.add_command(synth.synth)
 
 
 _register()

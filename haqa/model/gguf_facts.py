@@ -35,6 +35,7 @@ class GgufFacts:
     n_layers: int | None
     n_params: int
     size_bytes: int
+    synthetic: bool = False  # random weights in a real shape (haqa synth): never report quality for it
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -43,7 +44,7 @@ class GgufFacts:
 def read_facts(path: Path) -> GgufFacts:
     """Facts of a GGUF; parsed once per content change (the tokenizer arrays make parsing slow)."""
     check_gguf(path)
-    return GgufFacts(**memo_beside(path, ".facts.json", lambda p: _parse(p).as_dict()))
+    return GgufFacts(**memo_beside(path, ".facts-v2.json", lambda p: _parse(p).as_dict()))
 
 
 def _parse(path: Path) -> GgufFacts:
@@ -66,6 +67,7 @@ def _parse(path: Path) -> GgufFacts:
         n_layers=_int_or_none(field(f"{arch}.block_count")),
         n_params=int(sum(int(t.n_elements) for t in reader.tensors)),
         size_bytes=path.stat().st_size,
+        synthetic=bool(field("haqa.synthetic")),
     )
 
 

