@@ -1,0 +1,1 @@
+"""Benchmarks that produce docs/BENCHMARKS.md (`make bench`): measured on this machine, never in tests."""
