@@ -23,6 +23,7 @@ from haqa.measure.corpus import load_corpus
 from haqa.measure.drift import DriftGuard, run_guarded
 from haqa.measure.quality import Quality, QualitySettings, measure_quality, reference_logits
 from haqa.measure.quantize import quantize
+from haqa.model import memory
 from haqa.model.gguf_facts import read_facts
 from haqa.model.source import resolve_model
 from haqa.runner import runner_for
@@ -112,12 +113,47 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
         return _cache_file(target, "bench", {**trial_key, "config": config.as_dict(), "workload": w.model_dump(),
                                               "policy": dataclasses.asdict(SPEED_POLICY)})
 
+    def shape_of(candidate, quant: str) -> memory.ModelShape:
+        if runner.name == "local":
+            return memory.ModelShape.from_gguf(Path(candidate))
+        if quant == source_facts.file_type:
+            return memory.ModelShape.from_gguf(model.path)
+        return memory.estimate_quantized(model.path, quant)
+
+    def memory_record(candidate, quant: str, config: RuntimeConfig, bench: BenchResult) -> dict:
+        shape = shape_of(candidate, quant)
+        runs = [predicted_peak(target, shape, config, tokens=w.prompt_tokens),
+                predicted_peak(target, shape, config, tokens=w.prompt_tokens + w.gen_tokens, bench_depth=w.prompt_tokens)]
+        bench_pred = max(r.host for r in runs)
+        deploy_pred = predicted_peak(target, shape, config, tokens=config.ctx_size)
+        rec = {"deployment_predicted": deploy_pred.as_dict(),
+               "bench_predicted_bytes": round(bench_pred), "bench_measured_bytes": bench.peak_rss_bytes,
+               "basis": f"{deploy_pred.basis}; measured: peak RSS of the llama-bench runs"}
+        if bench.peak_rss_bytes:
+            rec["bench_prediction_error"] = round((bench_pred - bench.peak_rss_bytes) / bench.peak_rss_bytes, 4)
+        return rec
+
     def prepare(quant: str):
         candidate, _ = quantize(runner, toolchain, device_source, model.sha256, source_facts.file_type, quant)
         return candidate, {"model": runner.sha256(candidate), "toolchain": toolchain.key}
 
-    candidates = [(q, dataclasses.replace(base, cache_type_k=kv, cache_type_v=kv))
-                  for q in recipe.search.quants for kv in recipe.quality.kv_types]
+    budget = (target.hardware.ram_gib - target.limits.memory_headroom_gib) * 2**30
+    candidates = []
+    for q in recipe.search.quants:
+        shape = (memory.ModelShape.from_gguf(model.path) if q == source_facts.file_type
+                 else memory.estimate_quantized(model.path, q))
+        for kv in recipe.quality.kv_types:
+            config = dataclasses.replace(base, cache_type_k=kv, cache_type_v=kv)
+            need = predicted_peak(target, shape, config, tokens=config.ctx_size)
+            if need.host > budget:
+                ui.note(f"{q} (KV {kv}): skipped: predicted peak {need.host / 2**30:.2f} GiB exceeds the "
+                        f"{budget / 2**30:.2f} GiB budget of {target.name} ({need.basis})")
+                continue
+            candidates.append((q, config))
+    if not candidates:
+        raise UserError(f"no candidate of {label} fits in {target.name}'s memory (RAM {target.hardware.ram_gib} GiB "
+                        f"less {target.limits.memory_headroom_gib} GiB headroom)",
+                        hint="add smaller quant types to the recipe, lower [workload].min_context, or use a bigger device")
     done: dict[int, Trial] = {}
     to_measure: list[int] = []
     for i, (quant, config) in enumerate(candidates):
@@ -129,7 +165,8 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
         cache = bench_cache(key, config)
         if cache.exists():
             bench = BenchResult.from_dict(json.loads(cache.read_text()))
-            done[i] = _report(Trial(quant, config, bench, quality_of(key, candidate, config), key["model"]),
+            done[i] = _report(Trial(quant, config, bench, quality_of(key, candidate, config), key["model"],
+                                    memory=memory_record(candidate, quant, config, bench)),
                               "cached measurement", recipe, synthetic)
         else:
             to_measure.append(i)
@@ -143,7 +180,8 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
             bench = run_bench(runner, toolchain, candidate, config, prompt_tokens=w.prompt_tokens,
                               gen_tokens=w.gen_tokens, policy=SPEED_POLICY,
                               log_path=runner.local_dir("logs") / f"bench-{quant}-{config.cache_type_k}.log")
-            trial = Trial(quant, config, bench, quality_of(key, candidate, config), key["model"])
+            trial = Trial(quant, config, bench, quality_of(key, candidate, config), key["model"],
+                          memory=memory_record(candidate, quant, config, bench))
             return _report(trial, "measured", recipe, synthetic)
         except ToolFailed as e:
             ui.note(f"{quant:>7}: failed: {str(e).splitlines()[0]}")
@@ -185,6 +223,15 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
     return DeployResult(bundle=bundle, winner=winner, trials=trials)
 
 
+def predicted_peak(target: Target, shape: memory.ModelShape, config: RuntimeConfig, *, tokens: int,
+                   bench_depth: int = 0) -> memory.MemoryEstimate:
+    hw = target.hardware
+    return memory.predict(shape, n_ctx=tokens, ubatch=config.ubatch_size, batch=config.batch_size,
+                          type_k=config.cache_type_k, type_v=config.cache_type_v, n_gpu_layers=config.n_gpu_layers,
+                          unified_memory=hw.gpu.unified_memory, arch=hw.arch, cpu_features=hw.cpu_features,
+                          bench_depth=bench_depth)
+
+
 def _report(trial: Trial, origin: str, recipe: Recipe, synthetic: bool) -> Trial:
     b, q = trial.bench, trial.quality
     ok, _ = within_budget(trial, recipe.quality, synthetic=synthetic)
@@ -201,6 +248,8 @@ def _trial_record(t: Trial, recipe: Recipe, synthetic: bool) -> dict:
     if t.ok:
         ok, why = within_budget(t, recipe.quality, synthetic=synthetic)
         rec["bench"] = t.bench.as_dict()
+        if t.memory:
+            rec["memory"] = t.memory
         rec["quality"] = t.quality.as_dict() if t.quality else None
         rec["within_budget"] = ok
         rec["budget_note"] = why

@@ -24,6 +24,7 @@ class Trial:
     quality: Quality | None = None
     model_sha256: str | None = None
     error: str | None = None
+    memory: dict | None = None  # predicted (deployment and bench run) against measured peak
 
     @property
     def ok(self) -> bool:

@@ -51,7 +51,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from haqa.cli import deploy, doctor, recipes, synth, targets, toolchain
+    from haqa.cli import bench, deploy, doctor, estimate, recipes, synth, targets, toolchain
 
     cli.add_command(targets.targets)
     cli.add_command(recipes.recipes)
@@ -59,6 +59,8 @@ def _register() -> None:
     cli.add_command(deploy.deploy)
     cli.add_command(doctor.doctor)
     cli.add_command(synth.synth)
+    cli.add_command(estimate.estimate)
+    cli.add_command(bench.bench)
 
 
 _register()

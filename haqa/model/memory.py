@@ -216,3 +216,36 @@ def roofline_decode_tps(shape: ModelShape, bandwidth_gbs: float, *, n_ctx: int, 
     weights = shape.tensor_bytes - (0 if shape.tied_embeddings else shape.token_embd_bytes)
     per_token = weights + kv_bytes(shape, n_ctx, type_k, type_v)
     return bandwidth_gbs * 1e9 / per_token
+
+
+def _default_tensor_type(file_type: str) -> str:
+    """The main tensor type of a file type (Q4_K_M -> Q4_K), as in llama_ftype_get_default_type."""
+    for suffix in ("_S", "_M", "_L"):
+        if file_type.endswith(suffix) and file_type[:-2] in gguf.GGMLQuantizationType.__members__:
+            return file_type[:-2]
+    if file_type == "MXFP4_MOE":
+        return "MXFP4"
+    return file_type
+
+
+def estimate_quantized(source: Path, file_type: str) -> ModelShape:
+    """The shape of `source` quantized to `file_type`, without quantizing: every 2-D weight at the
+    type's block size (K-quant mixes keep a few tensors at higher precision, so their files are a few
+    per cent larger than this), 1-D tensors as they are."""
+    base = ModelShape.from_gguf(source)
+    qtype = gguf.GGMLQuantizationType[_default_tensor_type(file_type)]
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    r = gguf.GGUFReader(str(source))
+    names: dict[str, int] = {}
+    matrices = []
+    for t in r.tensors:
+        n = int(t.n_elements)
+        if len(t.shape) >= 2 and int(t.shape[1]) > 1 and int(t.shape[0]) % block == 0:
+            nbytes = n // block * size
+            matrices.append((t.name, qtype.name, nbytes, int(t.shape[1])))
+        else:
+            nbytes = int(t.n_bytes)
+        names[t.name] = nbytes
+    return ModelShape(**{**asdict(base), "tensor_bytes": sum(names.values()), "token_embd_bytes": names["token_embd.weight"],
+                         "layer_bytes": sum(v for k, v in names.items() if k.startswith("blk.")),
+                         "matrices": tuple(matrices)})

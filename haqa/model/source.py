@@ -49,7 +49,10 @@ def _from_hf(src: Source) -> Path:
         )
     ui.step(f"downloading {src.describe()} from the Hugging Face hub")
     try:
-        return Path(hf_hub_download(**kwargs))
+        return Path(hf_hub_download(**kwargs, etag_timeout=10))
+    except LocalEntryNotFoundError:
+        raise UserError(f"cannot reach the Hugging Face hub to download {src.describe()}, and it is not in the local cache",
+                        hint="connect to the network (or set HF_ENDPOINT to a mirror), or point [source].path at a local GGUF") from None
     except (RepositoryNotFoundError, EntryNotFoundError) as e:
         raise UserError(f"{src.describe()}: {type(e).__name__}: check hf_repo and hf_file in the recipe") from None
     except Exception as e:  # network errors come in many types
