@@ -13,12 +13,13 @@ PYTEST_ARGS ?=
 # llama-cpp-python compiles llama.cpp while it installs: use every core for that too.
 export CMAKE_BUILD_PARALLEL_LEVEL := $(JOBS)
 
-.PHONY: help install deploy prepare test test-fast clean
+.PHONY: help install deploy prepare test test-fast bench bench-quick clean
 
 help:
 	@echo "make deploy [TARGET=local] [RECIPE=smollm2-135m]   build, quantize, measure and bundle"
 	@echo "make test                                          the whole test suite (what CI runs)"
 	@echo "make test-fast                                     only the fast tests"
+	@echo "make bench                                         regenerate docs/BENCHMARKS.md on this machine"
 	@echo "make clean                                         remove .venv and dist/ (not haqa's cache)"
 
 $(STAMP): pyproject.toml
@@ -42,6 +43,12 @@ test: prepare
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not slow' $(PYTEST_ARGS)
+
+bench: prepare
+	$(BIN)/haqa bench all --out docs/BENCHMARKS.md
+
+bench-quick: prepare
+	$(BIN)/haqa bench all --quick --out /tmp/haqa-bench-quick.md --data-dir /tmp/haqa-bench-quick
 
 clean:
 	rm -rf $(VENV) dist

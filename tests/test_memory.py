@@ -110,3 +110,17 @@ def test_estimate_of_an_unquantized_type_is_close_to_the_real_file():
 def test_estimate_command_lists_candidates_with_predicted_labels(haqa):
     code, out, _ = haqa("estimate", "--target", "rpi4-4gb", "--recipe", "smollm2-135m")
     assert code == 0 and "Q8_0" in out and "predicted" in out and "fits" in out
+
+
+@pytest.mark.slow
+def test_bench_harness_quick(tmp_path):
+    """`haqa bench all --quick` runs the memory grid end to end and writes the document (figures not checked)."""
+    import subprocess
+
+    out = tmp_path / "BENCH.md"
+    proc = subprocess.run([sys.executable, "-m", "haqa", "bench", "all", "--quick", "--out", str(out),
+                           "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    assert "Command: `haqa bench all --quick`" in text and "| SmolLM2-135M Q8_0 |" in text and "llama.cpp 0c1e5709" in text
+    assert (tmp_path / "memory-grid-quick.json").exists()

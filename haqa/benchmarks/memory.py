@@ -147,20 +147,34 @@ def fit(rows: list[dict]) -> memory.Calibration:
                                         f"on {platform.machine()}, {dt.date.today().isoformat()}")
 
 
+def naive(row: dict) -> float:
+    """The usual rule of thumb: the weights' size plus the full KV cache (f16 unless quantized)."""
+    shape = memory.ModelShape.from_gguf(Path(row["file"]))
+    pt = row["point"]
+    n_ctx = pt["p"] + pt["n"] + pt["d"]
+    return shape.tensor_bytes + memory.kv_bytes(shape, memory.padded(n_ctx), pt["ctk"], pt["ctv"])
+
+
 def report(rows: list[dict], cal: memory.Calibration) -> tuple[str, dict]:
-    lines = ["| model | configuration | measured MiB | predicted MiB | error | set |", "|---|---|---:|---:|---:|---|"]
+    lines = ["| model | configuration | measured MiB | predicted MiB | error | rule of thumb error | set |",
+             "|---|---|---:|---:|---:|---:|---|"]
     errors = {"fit": [], "held out": []}
+    naive_errors = []
     for r in rows:
         pred = _predict(r, cal)
         err = (pred - r["measured_bytes"]) / r["measured_bytes"]
+        nerr = (naive(r) - r["measured_bytes"]) / r["measured_bytes"]
+        naive_errors.append(abs(nerr))
         subset = "held out" if r["held_out"] else "fit"
         errors[subset].append(abs(err))
         lines.append(f"| {r['model']} | {r['config']} | {r['measured_bytes'] / MIB:.1f} | {pred / MIB:.1f} | "
-                     f"{err * 100:+.1f} % | {subset} |")
+                     f"{err * 100:+.1f} % | {nerr * 100:+.1f} % | {subset} |")
     every = errors["fit"] + errors["held out"]
     summary = {k: {"n": len(v), "median_abs_error": statistics.median(v) if v else None, "max_abs_error": max(v) if v else None}
                for k, v in {**errors, "all": every}.items()}
     lines.append("")
+    lines.append(f"- rule of thumb (weights file + full KV cache): median |error| "
+                 f"{statistics.median(naive_errors) * 100:.1f} %, worst {max(naive_errors) * 100:.1f} %")
     for k, s in summary.items():
         if s["n"]:
             lines.append(f"- {k}: {s['n']} configurations, median |error| {s['median_abs_error'] * 100:.1f} %, "
