@@ -20,7 +20,7 @@ from haqa.config.schema import Recipe, Target
 from haqa.errors import ToolFailed, UserError
 from haqa.measure.bench import BenchResult, SpeedPolicy, quick_decode, run_bench
 from haqa.measure.corpus import load_corpus
-from haqa.measure.drift import DriftGuard, run_guarded
+from haqa.measure.drift import DriftGuard
 from haqa.measure.quality import Quality, QualitySettings, measure_quality, reference_logits
 from haqa.measure.quantize import quantize
 from haqa.model import memory
@@ -50,7 +50,8 @@ def _cache_file(target: Target, kind: str, payload: dict) -> Path:
     return paths.cache_home() / "results" / target.name / f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:20]}.json"
 
 
-def deploy(target_name: str, recipe_name: str, out: Path | None = None, *, jobs: int | None = None) -> DeployResult:
+def deploy(target_name: str, recipe_name: str, out: Path | None = None, *, jobs: int | None = None,
+           agent: str = "auto", seed: int = 0) -> DeployResult:
     target = load_target(target_name)
     recipe_file = find_file("recipes", recipe_name)
     recipe = load_recipe(recipe_name)
@@ -65,13 +66,35 @@ def deploy(target_name: str, recipe_name: str, out: Path | None = None, *, jobs:
 
     runner = runner_for(target)
     try:
-        return _deploy_on(runner, target, recipe, model, source_facts, corpus, label, out, jobs)
+        return _deploy_on(runner, target, recipe, model, source_facts, corpus, label, out, jobs, agent, seed)
     finally:
         runner.close()
 
 
+AGENTS = ["auto", "llm", "openai", "ollama", "embedded", "heuristic", "random", "grid"]
+
+
+def _failure_cause(e: ToolFailed) -> str:
+    text = (e.output_tail or "").lower()
+    if e.timed_out:
+        return "timeout"
+    if "out of memory" in text or "failed to allocate" in text or "cannot allocate" in text or e.returncode in (-9, 137):
+        return "oom"
+    if e.returncode is not None and e.returncode < 0:
+        return "crash"
+    return "error"
+
+
 def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corpus, label: str, out: Path | None,
-               jobs: int | None) -> DeployResult:
+               jobs: int | None, agent: str = "heuristic", seed: int = 0) -> DeployResult:
+    import time
+
+    from haqa.agent import objective as obj
+    from haqa.agent.proposers import HeuristicProposer, Observation
+    from haqa.agent.space import Candidate, build_space
+    from haqa.agent.store import TrialStore, store_path
+
+    started = time.monotonic()
     toolchain = ensure_toolchain(runner, target, jobs=jobs)
     ui.note(f"llama.cpp {toolchain.commit[:8]} toolchain {toolchain.key} "
             f"({'cached' if toolchain.cached else 'built'}) in {toolchain.root}")
@@ -83,9 +106,9 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
         sent = runner.put(model.path, device_source)
         ui.note(f"source model {'uploaded to' if sent else 'already on'} the device: {device_source}")
 
-    base = default_config(target, recipe)
     settings = QualitySettings(ctx=recipe.quality.ctx, chunks=recipe.quality.chunks)
     synthetic = source_facts.synthetic
+    base = default_config(target, recipe)
     reference = None
     if synthetic:
         ui.note("synthetic weights: speed and memory only; quality is not measured")
@@ -95,132 +118,243 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
         except ToolFailed as e:
             raise UserError(f"computing the reference logits of {model.path.name} failed: {e}") from None
     w = recipe.workload
+    hw = target.hardware
+    budget_bytes = (hw.ram_gib - target.limits.memory_headroom_gib) * 2**30
 
-    def quality_of(trial_key: dict, candidate, config: RuntimeConfig) -> Quality | None:
-        if synthetic:
-            return None
-        cache = _cache_file(target, "quality", {**trial_key, "reference": reference.name,
-                                                "kv": [config.cache_type_k, config.cache_type_v]})
-        if cache.exists():
-            return Quality.from_dict(json.loads(cache.read_text()))
-        q = measure_quality(runner, toolchain, candidate, reference, corpus, settings, threads=config.threads,
-                            cache_type_k=config.cache_type_k, cache_type_v=config.cache_type_v)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(q.as_dict(), indent=1))
-        return q
+    shapes: dict[str, memory.ModelShape] = {}
 
-    def bench_cache(trial_key: dict, config: RuntimeConfig) -> Path:
-        return _cache_file(target, "bench", {**trial_key, "config": config.as_dict(), "workload": w.model_dump(),
-                                              "policy": dataclasses.asdict(SPEED_POLICY)})
+    def shape_for(quant: str) -> memory.ModelShape:
+        if quant not in shapes:
+            shapes[quant] = (memory.ModelShape.from_gguf(model.path) if quant == source_facts.file_type
+                             else memory.estimate_quantized(model.path, quant))
+        return shapes[quant]
 
-    def shape_of(candidate, quant: str) -> memory.ModelShape:
-        if runner.name == "local":
-            return memory.ModelShape.from_gguf(Path(candidate))
-        if quant == source_facts.file_type:
-            return memory.ModelShape.from_gguf(model.path)
-        return memory.estimate_quantized(model.path, quant)
+    def fits(cand: Candidate) -> tuple[bool, str]:
+        need = predicted_peak(target, shape_for(cand.quant), cand.config, tokens=cand.config.ctx_size)
+        if need.host > budget_bytes:
+            return False, (f"the memory model predicts {need.host / 2**30:.2f} GiB for {cand.quant} with KV "
+                           f"{cand.config.cache_type_k}, over the {budget_bytes / 2**30:.2f} GiB budget")
+        return True, "fits"
 
-    def memory_record(candidate, quant: str, config: RuntimeConfig, bench: BenchResult) -> dict:
-        shape = shape_of(candidate, quant)
+    space = build_space(target, recipe, n_layer=source_facts.n_layers or 1, fits=fits)
+    weight_bytes = {q: float(shape_for(q).tensor_bytes) for q in space.dims["quant"]}
+    heuristic = HeuristicProposer(space, weight_bytes)
+    proposer, agent_used = _make_proposer(agent, space, heuristic, target, recipe, source_facts, seed, fits,
+                                          shape_for, base)
+
+    def trial_key(cand: Candidate) -> str:
+        blob = json.dumps({"cand": cand.key, "source": model.sha256, "toolchain": toolchain.key,
+                           "reference": reference.name if reference else None, "workload": w.model_dump(),
+                           "policy": dataclasses.asdict(SPEED_POLICY)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+    def prepare(quant: str):
+        candidate, _ = quantize(runner, toolchain, device_source, model.sha256, source_facts.file_type, quant)
+        return candidate, runner.sha256(candidate)
+
+    def memory_record(candidate, cand: Candidate, bench: BenchResult) -> dict:
+        config = cand.config
+        shape = memory.ModelShape.from_gguf(Path(candidate)) if runner.name == "local" else shape_for(cand.quant)
         runs = [predicted_peak(target, shape, config, tokens=w.prompt_tokens),
                 predicted_peak(target, shape, config, tokens=w.prompt_tokens + w.gen_tokens, bench_depth=w.prompt_tokens)]
         bench_pred = max(r.host for r in runs)
         deploy_pred = predicted_peak(target, shape, config, tokens=config.ctx_size)
-        rec = {"deployment_predicted": deploy_pred.as_dict(),
-               "bench_predicted_bytes": round(bench_pred), "bench_measured_bytes": bench.peak_rss_bytes,
+        rec = {"deployment_predicted": deploy_pred.as_dict(), "bench_predicted_bytes": round(bench_pred),
+               "bench_measured_bytes": bench.peak_rss_bytes,
                "basis": f"{deploy_pred.basis}; measured: peak RSS of the llama-bench runs"}
         if bench.peak_rss_bytes:
             rec["bench_prediction_error"] = round((bench_pred - bench.peak_rss_bytes) / bench.peak_rss_bytes, 4)
         return rec
 
-    def prepare(quant: str):
-        candidate, _ = quantize(runner, toolchain, device_source, model.sha256, source_facts.file_type, quant)
-        return candidate, {"model": runner.sha256(candidate), "toolchain": toolchain.key}
-
-    budget = (target.hardware.ram_gib - target.limits.memory_headroom_gib) * 2**30
-    candidates = []
-    for q in recipe.search.quants:
-        shape = (memory.ModelShape.from_gguf(model.path) if q == source_facts.file_type
-                 else memory.estimate_quantized(model.path, q))
-        for kv in recipe.quality.kv_types:
-            config = dataclasses.replace(base, cache_type_k=kv, cache_type_v=kv)
-            need = predicted_peak(target, shape, config, tokens=config.ctx_size)
-            if need.host > budget:
-                ui.note(f"{q} (KV {kv}): skipped: predicted peak {need.host / 2**30:.2f} GiB exceeds the "
-                        f"{budget / 2**30:.2f} GiB budget of {target.name} ({need.basis})")
-                continue
-            candidates.append((q, config))
-    if not candidates:
-        raise UserError(f"no candidate of {label} fits in {target.name}'s memory (RAM {target.hardware.ram_gib} GiB "
-                        f"less {target.limits.memory_headroom_gib} GiB headroom)",
-                        hint="add smaller quant types to the recipe, lower [workload].min_context, or use a bigger device")
-    done: dict[int, Trial] = {}
-    to_measure: list[int] = []
-    for i, (quant, config) in enumerate(candidates):
-        try:
-            candidate, key = prepare(quant)
-        except ToolFailed as e:
-            done[i] = Trial(quant=quant, config=config, bench=None, error=str(e)[-2000:])
-            continue
-        cache = bench_cache(key, config)
-        if cache.exists():
-            bench = BenchResult.from_dict(json.loads(cache.read_text()))
-            done[i] = _report(Trial(quant, config, bench, quality_of(key, candidate, config), key["model"],
-                                    memory=memory_record(candidate, quant, config, bench)),
-                              "cached measurement", recipe, synthetic)
-        else:
-            to_measure.append(i)
-
-    def measure(i: int) -> Trial:
-        quant, config = candidates[i]
+    def measure(cand: Candidate) -> Trial:
         tools = "llama-bench" if synthetic else "llama-bench and llama-perplexity"
-        ui.note(f"measuring {quant} (KV {config.cache_type_k}) with {tools}")
+        ui.note(f"measuring {cand.quant} (KV {cand.config.cache_type_k}, {cand.config.threads} threads, "
+                f"fa {cand.config.flash_attn}, ub {cand.config.ubatch_size}, repack {cand.config.repack}) with {tools}")
+        config = cand.config
         try:
-            candidate, key = prepare(quant)
+            candidate, sha = prepare(cand.quant)
             bench = run_bench(runner, toolchain, candidate, config, prompt_tokens=w.prompt_tokens,
                               gen_tokens=w.gen_tokens, policy=SPEED_POLICY,
-                              log_path=runner.local_dir("logs") / f"bench-{quant}-{config.cache_type_k}.log")
-            trial = Trial(quant, config, bench, quality_of(key, candidate, config), key["model"],
-                          memory=memory_record(candidate, quant, config, bench))
-            return _report(trial, "measured", recipe, synthetic)
+                              log_path=runner.local_dir("logs") / f"bench-{cand.key}.log")
+            quality = None
+            if not synthetic:
+                quality = measure_quality(runner, toolchain, candidate, reference, corpus, settings,
+                                          threads=config.prefill_threads, cache_type_k=config.cache_type_k,
+                                          cache_type_v=config.cache_type_v)
+            return Trial(cand.quant, config, bench, quality, sha, memory=memory_record(candidate, cand, bench))
         except ToolFailed as e:
-            ui.note(f"{quant:>7}: failed: {str(e).splitlines()[0]}")
-            return Trial(quant=quant, config=config, bench=None, error=str(e)[-2000:])
+            ui.note(f"{cand.quant}: failed ({_failure_cause(e)}): {str(e).splitlines()[0]}")
+            return Trial(cand.quant, config, None, error=str(e)[-2000:], cause=_failure_cause(e))
 
-    def accept(trial: Trial) -> None:
-        if trial.ok:
-            cache = bench_cache({"model": trial.model_sha256, "toolchain": toolchain.key}, trial.config)
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps(trial.bench.as_dict(), indent=1))
+    def observation(cand: Candidate, t: Trial) -> Observation:
+        if not t.ok:
+            return Observation(cand, False, cause=t.cause)
+        ok, _ = within_budget(t, recipe.quality, synthetic=synthetic)
+        return Observation(cand, True, decode=t.bench.decode.mean, prefill=t.bench.prefill.mean,
+                           kld=t.quality.kld_mean if t.quality else None, within_budget=ok,
+                           score=obj.score(t.bench, recipe.objective, w.prompt_tokens) if ok else None,
+                           noise=obj.noise(t.bench, recipe.objective))
 
-    guard = DriftGuard(lambda: quick_decode(runner, toolchain, device_source, base))
-    reruns = 0
-    if to_measure:
-        measured, reruns = run_guarded(to_measure, measure, guard, accept=accept)
-        done.update(zip(to_measure, measured))
-        if reruns:
-            ui.note(f"drift guard: the anchor moved; {reruns} trial(s) measured again")
-    trials = [done[i] for i in range(len(candidates))]
-
+    store = TrialStore(store_path(target.name, recipe.name))
+    history: list[Observation] = []
+    trials: dict[str, tuple[Candidate, Trial, str, str]] = {}  # key -> (candidate, trial, proposer, rationale)
     try:
-        winner = choose(trials, recipe.quality, synthetic=synthetic)
+        # Resume: every valid stored trial of a candidate in this space is history already.
+        for rec in store.all():
+            if rec.status == "discarded":
+                continue
+            try:
+                cand = space.make(rec.candidate)
+            except Exception:
+                continue
+            key = trial_key(cand)
+            if rec.key != key or key in trials:
+                continue
+            t = _trial_from_store(rec, cand)
+            trials[key] = (cand, t, rec.proposer, rec.rationale or "")
+            history.append(observation(cand, t))
+        if trials:
+            ui.note(f"resuming: {len(trials)} trial(s) of earlier runs are still valid (store: {store.path})")
+
+        guard = DriftGuard(lambda: quick_decode(runner, toolchain, device_source, base))
+        fresh: list[tuple[int, Candidate, str, str]] = []  # since the last anchor check
+        attempts: dict[str, int] = {}
+        best_score, stale, new_trials, reruns = None, 0, 0, 0
+        stop_reason = "trial budget reached"
+        queue: list[tuple[Candidate, str, str]] = []
+        while True:
+            if len(trials) >= recipe.search.max_trials and not queue:
+                break
+            if time.monotonic() - started > recipe.search.max_minutes * 60:
+                stop_reason = "wall-clock budget reached"
+                break
+            if stale >= recipe.search.patience and not queue:
+                stop_reason = f"converged: no improvement beyond noise in {stale} trials"
+                break
+            if queue:
+                cand, who, why = queue.pop(0)
+            else:
+                proposal = proposer.suggest(history)
+                if proposal is None:
+                    stop_reason = "the proposer has nothing left to try"
+                    break
+                cand, who, why = proposal.candidate, proposal.proposer, proposal.rationale
+            key = trial_key(cand)
+            if guard.baseline is None:
+                guard.start()
+            t = measure(cand)
+            attempts[key] = attempts.get(key, 0) + 1
+            row = store.add(key=key, candidate=cand.values(), quant=cand.quant, model_sha256=t.model_sha256,
+                            toolchain=toolchain.key, status="ok" if t.ok else "failed", cause=t.cause, error=t.error,
+                            bench=t.bench.as_dict() if t.ok else None,
+                            quality=t.quality.as_dict() if t.quality else None, memory=t.memory,
+                            proposer=who, rationale=why)
+            trials[key] = (cand, t, who, why)
+            history = [o for o in history if o.candidate.key != cand.key] + [observation(cand, t)]
+            proposer.observe(history[-1])
+            new_trials += 1
+            if t.ok:
+                _report(t, "measured", recipe, synthetic)
+            o = history[-1]
+            if o.score is not None and (best_score is None or o.score > best_score * (1 + max(2 * o.noise, 0.01))):
+                best_score, stale = o.score, 0
+            else:
+                stale += 1
+                if o.score is not None and best_score is not None:
+                    best_score = max(best_score, o.score)
+            if t.ok:
+                fresh.append((row, cand, who, why))
+            if len(fresh) >= guard.every:
+                if not guard.check():
+                    for row_id, c, who2, why2 in fresh:
+                        store.discard(row_id, "drift: the anchor moved while it was measured")
+                        if attempts.get(trial_key(c), 0) <= 2:
+                            queue.append((c, who2, why2))
+                            trials.pop(trial_key(c), None)
+                            history = [h for h in history if h.candidate.key != c.key]
+                            reruns += 1
+                    ui.note(f"drift guard: the anchor moved; {len(fresh)} trial(s) will be measured again")
+                fresh = []
+    finally:
+        store.close()
+    ui.note(f"search stopped: {stop_reason} ({new_trials} new trial(s), {len(trials)} in all, agent {agent_used})")
+
+    all_trials = [t for _, t, _, _ in trials.values()]
+    try:
+        winner = choose(all_trials, recipe.quality, synthetic=synthetic,
+                        key=lambda t: obj.score(t.bench, recipe.objective, w.prompt_tokens))
     except NothingFeasible as e:
         raise UserError(f"no candidate of {label} is within the quality budget (max_kld {recipe.quality.max_kld}): {e}",
                         hint="raise [quality].max_kld in the recipe or add higher-precision quants to [search].quants") from None
     kld = f"KLD {winner.quality.kld_mean:.4f}" if winner.quality else "quality not reported (synthetic)"
-    ui.step(f"chose {winner.name}: decode {winner.bench.decode.mean:.1f} tok/s, {kld} (rule: {RULE})")
+    ui.step(f"chose {winner.name}: decode {winner.bench.decode.mean:.1f} tok/s, {kld} "
+            f"({obj.describe(recipe.objective, w.prompt_tokens)}, within the quality budget)")
     device_candidate, _ = prepare(winner.quant)
     candidate = runner.fetch(device_candidate)
     server = runner.fetch(toolchain.bin("llama-server"))
 
+    front = obj.pareto_front([(t.bench.decode.mean, t.quality.kld_mean, t) for t in all_trials
+                              if t.ok and t.quality is not None])
+    search = {"proposer": agent_used, "trials": len(trials), "new_trials": new_trials, "stop": stop_reason,
+              "reruns_after_drift": reruns, "llm_fallbacks": getattr(proposer, "fallbacks", 0),
+              "llm_replies": getattr(proposer, "replies", 0), "space_size": space.size(),
+              "objective": obj.describe(recipe.objective, w.prompt_tokens),
+              "pareto_front": [t.name + f" {t.config.as_dict()}" for t in front]}
     model_name = f"{recipe.name}-{winner.quant}.gguf"
-    lock = _lock(target, recipe, model, source_facts, toolchain, winner, trials, candidate, runner.describe(),
-                 corpus, settings, guard if to_measure else None, reruns)
+    lock = _lock(target, recipe, model, source_facts, toolchain, winner, all_trials, candidate, runner.describe(),
+                 corpus, settings, guard if new_trials else None, reruns, search,
+                 [(who, why) for (_, _, who, why) in trials.values()])
     out = out or Path("dist") / label
     bundle = write_bundle(out, model=candidate, model_name=model_name, server_binary=server,
                           lock=lock, server_args=winner.config.server_args(), label=label, alias=recipe.name)
     ui.step(f"bundle written: {bundle}  (start it with {bundle}/run.sh)")
-    return DeployResult(bundle=bundle, winner=winner, trials=trials)
+    return DeployResult(bundle=bundle, winner=winner, trials=all_trials)
+
+
+def _trial_from_store(rec, cand) -> Trial:
+    if rec.status != "ok":
+        return Trial(cand.quant, cand.config, None, error=rec.error, cause=rec.cause, model_sha256=rec.model_sha256)
+    return Trial(cand.quant, cand.config, BenchResult.from_dict(rec.bench),
+                 Quality.from_dict(rec.quality) if rec.quality else None, rec.model_sha256, memory=rec.memory)
+
+
+def _make_proposer(agent, space, heuristic, target, recipe, source_facts, seed, fits, shape_for, base):
+    from haqa.agent.proposers import GridProposer, RandomProposer
+
+    if agent == "heuristic":
+        return heuristic, "heuristic"
+    if agent == "random":
+        return RandomProposer(space, seed=seed), f"random (seed {seed})"
+    if agent == "grid":
+        return GridProposer(space), "grid"
+    if agent not in AGENTS:
+        raise UserError(f"unknown agent '{agent}'; valid: {', '.join(AGENTS)}")
+    from haqa.agent import objective as obj
+    from haqa.agent.llm import LLMProposer, PromptFacts, make_backend
+
+    backend = make_backend("auto" if agent in ("auto", "llm") else agent, threads=target.hardware.cores)
+    hw = target.hardware
+    bandwidth = hw.gpu.mem_bandwidth_gbs if hw.gpu.kind != "none" and hw.gpu.mem_bandwidth_gbs else hw.mem_bandwidth_gbs
+    predictions = {}
+    for q in space.dims["quant"]:
+        shape = shape_for(q)
+        est = predicted_peak(target, shape, base, tokens=base.ctx_size)
+        predictions[q] = {"predicted_peak_mib": round(est.total / 2**20),
+                          "roofline_decode_tps": round(memory.roofline_decode_tps(shape, bandwidth, n_ctx=base.ctx_size), 1)
+                          if bandwidth else None}
+    facts = PromptFacts(
+        device={"name": target.name, "os": target.os, **target.hardware.model_dump(mode="json")},
+        model={"architecture": source_facts.architecture, "name": source_facts.name,
+               "parameters": source_facts.n_params, "layers": source_facts.n_layers,
+               "source_type": source_facts.file_type, "synthetic": source_facts.synthetic},
+        objective=obj.describe(recipe.objective, recipe.workload.prompt_tokens),
+        constraints={"max_kld": recipe.quality.max_kld, "max_ppl_ratio": recipe.quality.max_ppl_ratio,
+                     "min_context": recipe.workload.min_context,
+                     "memory_budget_gib": round(hw.ram_gib - target.limits.memory_headroom_gib, 2)},
+        predictions=predictions,
+    )
+    ui.note(f"agent: llm via {backend.name} ({backend.model})")
+    return LLMProposer(space=space, backend=backend, facts=facts, fallback=heuristic), f"llm:{backend.name} ({backend.model})"
 
 
 def predicted_peak(target: Target, shape: memory.ModelShape, config: RuntimeConfig, *, tokens: int,
@@ -265,7 +399,7 @@ def _trial_record(t: Trial, recipe: Recipe, synthetic: bool) -> dict:
 
 def _lock(target: Target, recipe: Recipe, model, source_facts, toolchain, winner: Trial, trials: list[Trial],
           candidate: Path, device: dict, corpus, settings: QualitySettings, guard: DriftGuard | None,
-          reruns: int) -> dict:
+          reruns: int, search: dict, provenance: list[tuple[str, str]]) -> dict:
     facts = read_facts(candidate)
     return {
         "schema": LOCK_SCHEMA,
@@ -282,7 +416,7 @@ def _lock(target: Target, recipe: Recipe, model, source_facts, toolchain, winner
         "model": {"file_type": winner.quant, "sha256": winner.model_sha256, "size_bytes": facts.size_bytes,
                   "architecture": facts.architecture, "n_params": facts.n_params},
         "runtime": {**winner.config.as_dict(), "server_args": winner.config.server_args()},
-        "selection": {"proposer": "rule", "rule": RULE, "trials": len(trials)},
+        "selection": {**search, "rule": RULE},
         "synthetic": source_facts.synthetic,
         "quality_method": ("not measured: synthetic weights" if source_facts.synthetic else
                            {"reference": f"the source GGUF ({source_facts.file_type})", "corpus": corpus.name,
@@ -293,5 +427,6 @@ def _lock(target: Target, recipe: Recipe, model, source_facts, toolchain, winner
                          "decode": f"{recipe.workload.gen_tokens} tokens at depth {recipe.workload.prompt_tokens}"},
         "drift_guard": ({**guard.as_dict(), "reruns": reruns} if guard else "no new measurements in this run"),
         "metrics": _trial_record(winner, recipe, source_facts.synthetic),
-        "trials": [_trial_record(t, recipe, source_facts.synthetic) for t in trials],
+        "trials": [{**_trial_record(t, recipe, source_facts.synthetic), "proposer": who, "rationale": why}
+                   for t, (who, why) in zip(trials, provenance)],
     }

@@ -40,11 +40,11 @@ def run_haqa(home: Path, *args: str, timeout: float) -> subprocess.CompletedProc
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, home) -> Path:
     out = tmp_path_factory.mktemp("dist") / "smollm2-135m@local"
-    proc = run_haqa(home, "deploy", "--target", "local", "--recipe", "smollm2-135m", "--out", str(out), timeout=1800)
+    proc = run_haqa(home, "deploy", "--target", "local", "--recipe", "smollm2-135m", "--out", str(out),
+                    "--agent", "heuristic", timeout=1800)
     assert proc.returncode == 0, proc.stderr
     assert "chose" in proc.stderr and "bundle written" in proc.stderr
-    for quant in ("Q8_0", "Q4_1", "Q4_K_M", "Q4_0"):  # every candidate measured in this run
-        assert re.search(rf"{quant}: decode .*\[measured\]", proc.stderr), proc.stderr
+    assert len(re.findall(r": decode .*\[measured\]", proc.stderr)) >= 3, proc.stderr
     return out
 
 
@@ -60,13 +60,15 @@ def test_bundle_has_gguf_lock_and_script(bundle):
     assert decode["basis"] == "measured" and decode["repetitions"] >= 3 and decode["stddev"] >= 0
     assert decode["depth"] == lock["recipe"]["workload"]["prompt_tokens"]
     feasible = [t for t in lock["trials"] if t["status"] == "ok" and t["within_budget"]]
-    assert decode["mean"] == max(t["bench"]["decode"]["mean"] for t in feasible)
+    assert decode["mean"] == max(t["bench"]["decode"]["mean"] for t in feasible)  # objective: decode tok/s
     quality = lock["metrics"]["quality"]
     assert quality["kld_mean"] <= lock["recipe"]["quality_budget"]["max_kld"] and quality["basis"].startswith("measured")
     assert 0 < quality["same_top_p"] <= 100 and lock["quality_method"]["corpus"] == "python-docs"
     assert lock["metrics"]["bench"]["peak_rss_bytes"] > lock["model"]["size_bytes"]
     assert lock["runtime"]["threads"] >= 1 and lock["runtime"]["ctx_size"] == 2048
-    assert lock["selection"]["proposer"] == "rule" and lock["selection"]["trials"] == 4
+    assert lock["selection"]["proposer"] == "heuristic" and 3 <= lock["selection"]["trials"] <= 6
+    assert all(t["proposer"] == "heuristic" and t["rationale"] for t in lock["trials"])
+    assert lock["selection"]["pareto_front"]
     assert lock["drift_guard"]["history"][0]["event"] == "baseline"
 
 
@@ -112,9 +114,10 @@ def test_run_sh_serves_a_chat_completion(bundle):
 
 def test_second_deploy_reuses_every_cache(bundle, home):
     start = time.monotonic()
-    proc = run_haqa(home, "deploy", "--target", "local", "--recipe", "smollm2-135m", "--out", str(bundle), timeout=600)
+    proc = run_haqa(home, "deploy", "--target", "local", "--recipe", "smollm2-135m", "--out", str(bundle),
+                    "--agent", "heuristic", timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "quantizing" not in proc.stderr and "building llama.cpp" not in proc.stderr
     assert "measuring" not in proc.stderr and "reference logits" not in proc.stderr
-    assert proc.stderr.count("[cached measurement]") == 4
+    assert "resuming:" in proc.stderr and "0 new trial(s)" in proc.stderr
     assert time.monotonic() - start < 60

@@ -81,10 +81,11 @@ def test_toolchain_builds_on_the_device_then_hits_its_cache(project, device_home
 
 def test_deploy_over_ssh_measures_on_the_device(project, device_home, tmp_path):
     out = tmp_path / "bundle"
-    proc = haqa_in(project, "deploy", "--target", "loopback", "--recipe", "smollm2-135m", "--out", str(out), timeout=1800)
+    proc = haqa_in(project, "deploy", "--target", "loopback", "--recipe", "smollm2-135m", "--out", str(out),
+                   "--agent", "heuristic", timeout=1800)
     assert proc.returncode == 0, proc.stderr
     assert "uploaded to the device" in proc.stderr
-    assert proc.stderr.count("[measured]") >= 4
+    assert proc.stderr.count("[measured]") >= 3
     lock = json.loads((out / "haqa.lock.json").read_text())
     assert lock["measured_on"]["runner"] == "ssh" and lock["measured_on"]["home"] == str(device_home)
     assert lock["target"]["name"] == "loopback"
@@ -92,6 +93,7 @@ def test_deploy_over_ssh_measures_on_the_device(project, device_home, tmp_path):
     assert sha256_file(gguf) == lock["model"]["sha256"]
     assert list((device_home / "models").rglob("*.gguf")), "the candidates were not made on the device"
 
-    again = haqa_in(project, "deploy", "--target", "loopback", "--recipe", "smollm2-135m", "--out", str(out))
+    again = haqa_in(project, "deploy", "--target", "loopback", "--recipe", "smollm2-135m", "--out", str(out),
+                    "--agent", "heuristic")
     assert again.returncode == 0, again.stderr
-    assert "already on the device" in again.stderr and again.stderr.count("[cached measurement]") == 4
+    assert "already on the device" in again.stderr and "0 new trial(s)" in again.stderr

@@ -66,6 +66,7 @@ def test_deploy_of_a_synthetic_recipe_reports_no_quality(project, haqa, tmp_path
         layers = 2
         [search]
         quants = ["Q8_0", "Q4_0"]
+        max_trials = 2
         [quality]
         max_kld = 0.05
         [workload]
@@ -73,7 +74,7 @@ def test_deploy_of_a_synthetic_recipe_reports_no_quality(project, haqa, tmp_path
         prompt_tokens = 32
         gen_tokens = 8
     """)
-    code, _, err = haqa("deploy", "--recipe", "syn", "--out", str(tmp_path / "b"))
+    code, _, err = haqa("deploy", "--recipe", "syn", "--out", str(tmp_path / "b"), "--agent", "grid")
     assert code == 0, err
     lock = json.loads((tmp_path / "b" / "haqa.lock.json").read_text())
     assert lock["synthetic"] is True and lock["quality_method"].startswith("not measured")

@@ -13,7 +13,7 @@ from haqa.measure.bench import BenchResult
 from haqa.measure.quality import Quality
 from haqa.runtime import RuntimeConfig
 
-RULE = "fastest decode within the quality budget"
+RULE = "the best objective among measured trials within the quality budget"
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class Trial:
     model_sha256: str | None = None
     error: str | None = None
     memory: dict | None = None  # predicted (deployment and bench run) against measured peak
+    cause: str | None = None  # failed: oom | crash | timeout | error
 
     @property
     def ok(self) -> bool:
@@ -58,9 +59,9 @@ class NothingFeasible(Exception):
     pass
 
 
-def choose(trials: list[Trial], budget: QualityBudget, *, synthetic: bool = False) -> Trial:
+def choose(trials: list[Trial], budget: QualityBudget, *, synthetic: bool = False, key=None) -> Trial:
     feasible = [t for t in trials if within_budget(t, budget, synthetic=synthetic)[0]]
     if not feasible:
         reasons = "; ".join(f"{t.name}: {within_budget(t, budget, synthetic=synthetic)[1]}" for t in trials)
         raise NothingFeasible(reasons)
-    return max(feasible, key=lambda t: t.bench.decode.mean)
+    return max(feasible, key=key or (lambda t: t.bench.decode.mean))

@@ -51,7 +51,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from haqa.cli import bench, deploy, doctor, estimate, recipes, synth, targets, toolchain
+    from haqa.cli import bench, deploy, doctor, estimate, recipes, synth, targets, toolchain, trials
 
     cli.add_command(targets.targets)
     cli.add_command(recipes.recipes)
@@ -61,6 +61,7 @@ def _register() -> None:
     cli.add_command(synth.synth)
     cli.add_command(estimate.estimate)
     cli.add_command(bench.bench)
+    cli.add_command(trials.trials)
 
 
 _register()

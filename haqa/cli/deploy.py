@@ -11,7 +11,12 @@ import click
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="bundle folder [default: dist/<recipe>@<target>]")
 @click.option("--jobs", "-j", type=click.IntRange(1), default=None, help="compile jobs for the llama.cpp build")
-def deploy(target_name: str, recipe_name: str, out: Path | None, jobs: int | None) -> None:
+@click.option("--agent", type=click.Choice(["auto", "llm", "openai", "ollama", "embedded", "heuristic", "random", "grid"]),
+              default="auto", show_default=True,
+              help="who proposes candidates: an LLM backend (auto = the first configured and reachable of "
+                   "openai, ollama, embedded) or a baseline")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of the random proposer")
+def deploy(target_name: str, recipe_name: str, out: Path | None, jobs: int | None, agent: str, seed: int) -> None:
     """Build llama.cpp for the target, quantize and measure the recipe's candidates there, and
     write a bundle (GGUF, haqa.lock.json, run.sh).
 
@@ -21,5 +26,5 @@ def deploy(target_name: str, recipe_name: str, out: Path | None, jobs: int | Non
     """
     from haqa.pipeline import deploy as run_deploy
 
-    result = run_deploy(target_name, recipe_name, out, jobs=jobs)
+    result = run_deploy(target_name, recipe_name, out, jobs=jobs, agent=agent, seed=seed)
     click.echo(str(result.bundle))

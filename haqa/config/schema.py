@@ -189,6 +189,9 @@ class Source(_Strict):
 
 class Search(_Strict):
     quants: list[str] = Field(min_length=1)
+    max_trials: int = Field(default=8, ge=1, le=1000)  # measured trials in all (the store counts earlier runs)
+    max_minutes: float = Field(default=60, gt=0)  # wall-clock budget of one deploy's search
+    patience: int = Field(default=4, ge=1)  # stop after this many trials without improvement beyond noise
 
     @field_validator("quants")
     @classmethod
@@ -228,6 +231,12 @@ class Workload(_Strict):
     gen_tokens: int = Field(gt=0)
 
 
+class Objective(_Strict):
+    metric: Literal["decode", "prefill", "ttft", "mix"] = "decode"
+    decode_weight: float = Field(default=1.0, ge=0)  # for "mix": a weighted geometric mean of tok/s
+    prefill_weight: float = Field(default=0.0, ge=0)
+
+
 class Recipe(_Strict):
     name: Name
     description: str = ""
@@ -235,3 +244,4 @@ class Recipe(_Strict):
     search: Search
     quality: Quality
     workload: Workload
+    objective: Objective = Objective()

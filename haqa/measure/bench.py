@@ -139,7 +139,7 @@ def _python_on(runner: Runner) -> str | None:
 def _one(runner: Runner, toolchain: Toolchain, model: PurePath, config: RuntimeConfig, *, p: int, n: int, d: int,
          reps: int, log_path: Path | None) -> tuple[dict, int | None, list[str]]:
     argv = [str(toolchain.bin("llama-bench")), "-m", str(model), "-p", str(p), "-n", str(n), "-d", str(d),
-            "-r", str(reps), *config.bench_args(), "-o", "json"]
+            "-r", str(reps), *config.bench_args(prefill=p > 0), "-o", "json"]
     python = _python_on(runner)
     run_argv = peak_rss.wrap(python, argv) if python else argv
     result = runner.run(run_argv, timeout=BENCH_TIMEOUT_S, log_path=log_path)

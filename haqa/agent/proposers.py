@@ -1,0 +1,160 @@
+"""Proposers behind one interface: `suggest(history)` gives the next candidate with a rationale;
+`observe(observation)` tells it what was measured. heuristic (model-based), random and grid here;
+the LLM proposer is in haqa/agent/llm.py.
+"""
+
+from __future__ import annotations
+
+import abc
+import random
+from dataclasses import dataclass
+
+from haqa.agent.space import KNOBS, Candidate, SearchSpace
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the proposers see of a finished trial."""
+
+    candidate: Candidate
+    ok: bool
+    decode: float | None = None
+    prefill: float | None = None
+    kld: float | None = None
+    within_budget: bool = False
+    score: float | None = None  # the objective (higher is better), when ok and within budget
+    noise: float = 0.0  # relative standard error of the score's main measurement
+    cause: str | None = None  # why it failed
+
+
+@dataclass(frozen=True)
+class Proposal:
+    candidate: Candidate
+    rationale: str
+    proposer: str
+
+
+class Proposer(abc.ABC):
+    name: str
+
+    def __init__(self, space: SearchSpace):
+        self.space = space
+
+    @abc.abstractmethod
+    def suggest(self, history: list[Observation]) -> Proposal | None:
+        """The next candidate to measure, or None when this proposer has nothing left to try."""
+
+    def observe(self, obs: Observation) -> None:
+        pass
+
+    def _untried(self, history: list[Observation]):
+        done = {o.candidate.key for o in history}
+        return lambda c: c.key not in done
+
+
+class GridProposer(Proposer):
+    """Every point in a fixed order (quant first): the exhaustive baseline."""
+
+    name = "grid"
+
+    def suggest(self, history):
+        untried = self._untried(history)
+        for cand in self.space.grid():
+            if untried(cand):
+                return Proposal(cand, "next point of the grid", self.name)
+        return None
+
+
+class RandomProposer(Proposer):
+    """Uniformly random untried points: the baseline every search must beat."""
+
+    name = "random"
+
+    def __init__(self, space: SearchSpace, seed: int = 0):
+        super().__init__(space)
+        self.rng = random.Random(seed)
+        self._points: list[Candidate] | None = None
+
+    def suggest(self, history):
+        if self._points is None:
+            self._points = list(self.space.grid())
+        untried = self._untried(history)
+        left = [c for c in self._points if untried(c)]
+        if not left:
+            return None
+        return Proposal(self.rng.choice(left), "uniformly random untried point", self.name)
+
+
+# The order in which the heuristic tunes runtime knobs once it has a quant: the ones that move
+# decode speed most on CPUs first (thread count, flash attention, repacking), then batch shapes.
+TUNING_ORDER = ["threads", "flash_attn", "repack", "kv_type", "ubatch_size", "threads_batch", "poll", "load_mode",
+                "batch_size", "n_gpu_layers"]
+
+
+class HeuristicProposer(Proposer):
+    """Model-based, no LLM.
+
+    1. Quant types at llama.cpp's defaults, fastest predicted first (the roofline: fewer bytes read
+       per token decode faster). A type is skipped once a higher-precision type was over the quality
+       budget (quality falls with bits), or when its roofline bound, scaled by the efficiency seen so
+       far, cannot beat the best measured score.
+    2. Local search around the best feasible candidate, one knob at a time in TUNING_ORDER.
+    """
+
+    name = "heuristic"
+
+    def __init__(self, space: SearchSpace, weight_bytes: dict[str, float]):
+        super().__init__(space)
+        self.weight_bytes = weight_bytes  # quant -> predicted bytes read per token
+
+    def _quant_order(self) -> list[str]:
+        return sorted(self.space.dims["quant"], key=lambda q: self.weight_bytes.get(q, float("inf")))
+
+    def suggest(self, history):
+        untried = self._untried(history)
+        ok = [o for o in history if o.ok]
+        feasible = [o for o in ok if o.within_budget and o.score is not None]
+        best = max(feasible, key=lambda o: o.score) if feasible else None
+        over_budget_bytes = [self.weight_bytes.get(o.candidate.quant, 0) for o in ok if not o.within_budget
+                             and o.candidate.config.cache_type_k == "f16"]
+        # efficiency: measured decode / (1 / bytes) -> a per-byte constant for this device
+        eff = [o.decode * self.weight_bytes[o.candidate.quant] for o in ok if o.decode and o.candidate.quant in self.weight_bytes]
+        k = max(eff) if eff else None
+        defaults = self.space.default_values()
+        for quant in self._quant_order():
+            qbytes = self.weight_bytes.get(quant, float("inf"))
+            if over_budget_bytes and qbytes <= max(over_budget_bytes):
+                continue  # a type at least as precise was already over the quality budget
+            if best is not None and k is not None and best.candidate.quant != quant and k / qbytes < best.decode * 0.95:
+                continue  # cannot beat the best even at the best efficiency seen
+            try:
+                cand = self.space.make({**defaults, "quant": quant})
+            except Exception:
+                continue
+            if self.space.valid(cand) and untried(cand):
+                why = f"measure {quant} at llama.cpp defaults ({qbytes / 2**20:.0f} MiB read per token, predicted)"
+                if best:
+                    why += f"; best so far {best.candidate.quant} at {best.decode:.1f} tok/s decode"
+                return Proposal(cand, why, self.name)
+        if best is None:
+            for cand in self.space.grid():
+                if untried(cand):
+                    return Proposal(cand, "no feasible candidate yet: trying the next grid point", self.name)
+            return None
+        base = best.candidate.values()
+        for knob in TUNING_ORDER:
+            for value in self.space.dims[knob]:
+                if value == base[knob]:
+                    continue
+                try:
+                    cand = self.space.make({**base, knob: value})
+                except Exception:
+                    continue
+                if self.space.valid(cand) and untried(cand):
+                    return Proposal(cand, f"from the best so far ({best.candidate.quant}, {best.decode:.1f} tok/s), "
+                                          f"try {knob}={value}", self.name)
+        return None
+
+
+def knob_values(cand: Candidate) -> dict:
+    return {k: cand.values()[k] for k in KNOBS}

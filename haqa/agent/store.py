@@ -1,0 +1,111 @@
+"""The trial store: one SQLite file per (target, recipe) recording every trial.
+
+A trial is identified by what makes its measurement valid: the candidate (quant and runtime flags),
+the candidate GGUF's hash and the llama.cpp toolchain. A second deploy reuses what is still valid
+and re-measures nothing else; failed trials are kept with their cause (out of memory, crash, timeout,
+build error) so no proposer is offered them again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from haqa import paths
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS trials (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,              -- candidate key + model sha + toolchain: what keeps a result valid
+    candidate TEXT NOT NULL,        -- JSON: quant and runtime flags
+    quant TEXT NOT NULL,
+    model_sha256 TEXT,
+    toolchain TEXT NOT NULL,
+    status TEXT NOT NULL,           -- ok | failed | discarded
+    cause TEXT,                     -- for failed: oom | crash | timeout | build | other; for discarded: why
+    error TEXT,
+    bench TEXT,                     -- JSON, measured
+    quality TEXT,                   -- JSON, measured
+    memory TEXT,                    -- JSON, predicted and measured
+    proposer TEXT NOT NULL,
+    rationale TEXT,
+    created TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS trials_key ON trials(key);
+"""
+
+
+@dataclass
+class StoredTrial:
+    id: int
+    key: str
+    candidate: dict
+    quant: str
+    model_sha256: str | None
+    toolchain: str
+    status: str
+    cause: str | None
+    error: str | None
+    bench: dict | None
+    quality: dict | None
+    memory: dict | None
+    proposer: str
+    rationale: str | None
+    created: str
+
+
+def store_path(target: str, recipe: str) -> Path:
+    return paths.cache_home() / "trials" / f"{recipe}@{target}.sqlite"
+
+
+class TrialStore:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(str(path))
+        self.db.executescript(SCHEMA)
+        self.db.commit()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def add(self, *, key: str, candidate: dict, quant: str, model_sha256: str | None, toolchain: str, status: str,
+            proposer: str, rationale: str | None = None, cause: str | None = None, error: str | None = None,
+            bench: dict | None = None, quality: dict | None = None, memory: dict | None = None) -> int:
+        """Record one trial (in its own transaction: an interrupted run leaves every finished trial)."""
+        with self.db:
+            cur = self.db.execute(
+                "INSERT INTO trials (key, candidate, quant, model_sha256, toolchain, status, cause, error, bench, "
+                "quality, memory, proposer, rationale, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (key, json.dumps(candidate), quant, model_sha256, toolchain, status, cause, error,
+                 json.dumps(bench) if bench else None, json.dumps(quality) if quality else None,
+                 json.dumps(memory) if memory else None, proposer, rationale,
+                 dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")))
+            return int(cur.lastrowid)
+
+    def discard(self, trial_id: int, why: str) -> None:
+        with self.db:
+            self.db.execute("UPDATE trials SET status = 'discarded', cause = ? WHERE id = ?", (why, trial_id))
+
+    def _rows(self, where: str = "", args: tuple = ()) -> list[StoredTrial]:
+        cur = self.db.execute(f"SELECT id, key, candidate, quant, model_sha256, toolchain, status, cause, error, bench, "
+                              f"quality, memory, proposer, rationale, created FROM trials {where} ORDER BY id", args)
+        out = []
+        for r in cur.fetchall():
+            out.append(StoredTrial(id=r[0], key=r[1], candidate=json.loads(r[2]), quant=r[3], model_sha256=r[4],
+                                   toolchain=r[5], status=r[6], cause=r[7], error=r[8],
+                                   bench=json.loads(r[9]) if r[9] else None, quality=json.loads(r[10]) if r[10] else None,
+                                   memory=json.loads(r[11]) if r[11] else None, proposer=r[12], rationale=r[13],
+                                   created=r[14]))
+        return out
+
+    def all(self) -> list[StoredTrial]:
+        return self._rows()
+
+    def latest(self, key: str) -> StoredTrial | None:
+        """The newest ok or failed record of a key (a discarded one does not count)."""
+        rows = self._rows("WHERE key = ? AND status != 'discarded'", (key,))
+        return rows[-1] if rows else None
