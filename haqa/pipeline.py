@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from haqa import __version__, paths, ui
+from haqa import __version__, ui
 from haqa.agent.select import RULE, NothingFeasible, Trial, choose, within_budget
 from haqa.bundle import write_bundle
 from haqa.config import fingerprint, find_file, load_recipe, load_target
@@ -43,11 +43,6 @@ class DeployResult:
 
 def default_config(target: Target, recipe: Recipe) -> RuntimeConfig:
     return RuntimeConfig(threads=target.hardware.cores, ctx_size=recipe.workload.min_context)
-
-
-def _cache_file(target: Target, kind: str, payload: dict) -> Path:
-    blob = json.dumps({**payload, "target": fingerprint(target)}, sort_keys=True)
-    return paths.cache_home() / "results" / target.name / f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:20]}.json"
 
 
 def deploy(target_name: str, recipe_name: str, out: Path | None = None, *, jobs: int | None = None,

@@ -95,7 +95,7 @@ class Scripted(Backend):
         self.replies = list(replies)
         self.prompts = []
 
-    def complete(self, messages, schema):
+    def complete(self, messages, schema, temperature=0.2):
         self.prompts.append(messages)
         reply = self.replies.pop(0)
         if isinstance(reply, Exception):

@@ -89,8 +89,8 @@ class Backend(abc.ABC):
     model: str
 
     @abc.abstractmethod
-    def complete(self, messages: list[dict], schema: dict) -> str:
-        """The reply text (expected to be JSON)."""
+    def complete(self, messages: list[dict], schema: dict, temperature: float = 0.2) -> str:
+        """The reply text (expected to be JSON). Retries after a refusal ask with a higher temperature."""
 
 
 class OpenAIBackend(Backend):
@@ -113,8 +113,8 @@ class OpenAIBackend(Backend):
         except Exception:
             return False
 
-    def complete(self, messages, schema):
-        kwargs = dict(model=self.model, messages=messages, temperature=0.2, max_tokens=400)
+    def complete(self, messages, schema, temperature=0.2):
+        kwargs = dict(model=self.model, messages=messages, temperature=temperature, max_tokens=400)
         if self.structured:
             try:
                 r = self.client.chat.completions.create(
@@ -145,8 +145,8 @@ class OllamaBackend(Backend):
         except Exception:
             return False
 
-    def complete(self, messages, schema):
-        r = self.client.chat(model=self.model, messages=messages, format=schema, options={"temperature": 0.2})
+    def complete(self, messages, schema, temperature=0.2):
+        r = self.client.chat(model=self.model, messages=messages, format=schema, options={"temperature": temperature})
         return r["message"]["content"]
 
 
@@ -159,9 +159,9 @@ class EmbeddedBackend(Backend):
         self.model = os.path.basename(model_path)
         self.llm = Llama(model_path=model_path, n_ctx=4096, n_threads=threads, verbose=False, seed=0)
 
-    def complete(self, messages, schema):
+    def complete(self, messages, schema, temperature=0.2):
         r = self.llm.create_chat_completion(messages=messages, response_format={"type": "json_object", "schema": schema},
-                                            temperature=0.2, max_tokens=300)
+                                            temperature=temperature, max_tokens=300)
         return r["choices"][0]["message"]["content"] or ""
 
 
@@ -232,7 +232,8 @@ class LLMProposer(Proposer):
             messages = build_messages(self.space, self.facts, history, self.refusals)
             self.replies += 1
             try:
-                text = self.backend.complete(messages, reply_schema(self.space))
+                text = self.backend.complete(messages, reply_schema(self.space),
+                                             temperature=0.2 + 0.4 * self.bad_in_a_row)
             except Exception as e:
                 reason = f"the {self.backend.name} backend failed: {type(e).__name__}: {str(e)[:160]}"
             else:

@@ -24,7 +24,6 @@ from haqa.hashing import cached_sha256
 from haqa.measure import peak_rss
 from haqa.measure.quantize import quantize
 from haqa.model import memory
-from haqa.model.gguf_facts import read_facts
 from haqa.model.source import resolve_model
 from haqa.model.synth import synthetic_q8_0
 from haqa.runner import LocalRunner

@@ -36,37 +36,3 @@ class DriftGuard:
     def as_dict(self) -> dict:
         return {"tolerance": self.tolerance, "every": self.every, "history": self.history,
                 "basis": "measured (anchor decode tok/s)"}
-
-
-def run_guarded(candidates: list, measure: Callable[[object], object], guard: DriftGuard, *,
-                max_reruns: int = 2, accept: Callable[[object], None] = lambda trial: None) -> tuple[list, int]:
-    """Measure every candidate under the guard. Returns (trials in candidate order, re-runs made).
-
-    `accept(trial)` is called once a trial has passed an anchor check (e.g. to cache it); a trial that
-    drifted `max_reruns` times is kept and marked by the caller from the returned count.
-    """
-    guard.start()
-    results: dict[int, object] = {}
-    attempts = {i: 0 for i in range(len(candidates))}
-    pending = list(range(len(candidates)))
-    batch: list[int] = []
-    reruns = 0
-    while pending or batch:
-        if pending:
-            i = pending.pop(0)
-            results[i] = measure(candidates[i])
-            attempts[i] += 1
-            batch.append(i)
-        if len(batch) >= guard.every or (not pending and batch):
-            if guard.check():
-                for i in batch:
-                    accept(results[i])
-            else:
-                retry = [i for i in batch if attempts[i] <= max_reruns]
-                for i in batch:
-                    if i not in retry:
-                        accept(results[i])
-                reruns += len(retry)
-                pending = retry + pending
-            batch = []
-    return [results[i] for i in range(len(candidates))], reruns

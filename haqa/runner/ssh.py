@@ -172,7 +172,7 @@ class SshRunner(Runner):
                 if attempt + 1 == attempts:
                     raise ConnectionLost(
                         f"cannot reach {self.label}: {type(e).__name__}: {e} (after {attempts} attempts)",
-                        hint=f"check that the device is on and sshd runs; `haqa doctor` checks the rest",
+                        hint="check that the device is on and sshd runs; `haqa doctor` checks the rest",
                     ) from None
                 delay = min(2 ** attempt, 10)
                 ui.note(f"connection to {self.label} failed ({type(e).__name__}); retrying in {delay} s")
