@@ -186,3 +186,55 @@ def test_store_keeps_trials_across_connections(tmp_path):
 def test_pareto_front():
     pts = [(100, 0.01, "a"), (150, 0.05, "b"), (120, 0.06, "c"), (90, 0.005, "d")]
     assert sorted(pareto_front(pts)) == ["a", "b", "d"]
+
+
+def test_ollama_backend_sends_the_schema_as_format(space):
+    """No Ollama server can run here, so a small HTTP server on 127.0.0.1 stands in for it and records
+    the exact request the ollama client sends (/api/chat with `format` = the JSON schema)."""
+    import http.server
+    import threading
+
+    from haqa.agent.llm import OllamaBackend
+
+    seen = {}
+    reply = {"rationale": "try Q4_K_M", "candidate": {**space.default_values(), "quant": "Q4_K_M"}}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            seen["path"] = self.path
+            seen["body"] = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            body = json.dumps({"model": "m", "created_at": "2026-01-01T00:00:00Z", "done": True,
+                               "message": {"role": "assistant", "content": json.dumps(reply)}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        backend = OllamaBackend(host=f"http://127.0.0.1:{server.server_address[1]}", model="qwen2.5:1.5b")
+        llm = LLMProposer(space=space, backend=backend, facts=_facts(), fallback=HeuristicProposer(space, {}))
+        p = llm.suggest([])
+    finally:
+        server.shutdown()
+    assert seen["path"] == "/api/chat" and seen["body"]["model"] == "qwen2.5:1.5b"
+    assert seen["body"]["format"] == reply_schema(space) and seen["body"]["stream"] is False
+    assert p.candidate.quant == "Q4_K_M" and p.proposer == "llm:ollama"
+
+
+@pytest.mark.slow
+def test_embedded_backend_replies_in_schema(space):
+    """SmolLM2-135M in-process, constrained by the schema's grammar: the reply always parses and
+    stays inside the space (whether it is a good idea is for the guardrails and measurements)."""
+    from haqa.agent.llm import EmbeddedBackend, default_embedded_model
+
+    backend = EmbeddedBackend(default_embedded_model(), threads=2)
+    text = backend.complete(build_messages(space, _facts(), [], []), reply_schema(space))
+    data = json.loads(text)
+    cand = space.make(data["candidate"])
+    assert cand.quant in space.dims["quant"]
