@@ -301,7 +301,8 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
                  [(who, why) for (_, _, who, why) in trials.values()])
     out = out or Path("dist") / label
     bundle = write_bundle(out, model=candidate, model_name=model_name, server_binary=server,
-                          lock=lock, server_args=winner.config.server_args(), label=label, alias=recipe.name)
+                          lock=lock, server_args=winner.config.server_args(), label=label, alias=recipe.name,
+                          config=winner.config, recipe=recipe.name)
     ui.step(f"bundle written: {bundle}  (start it with {bundle}/run.sh)")
     return DeployResult(bundle=bundle, winner=winner, trials=all_trials)
 

@@ -67,3 +67,29 @@ def test_rewrite_replaces_the_bundle_whole(tmp_path):
 def test_render_is_plain_posix_sh():
     text = render("x@y", "a b.gguf", "x", ["--ctx-size", "4096"])
     assert text.startswith("#!/bin/sh\n") and "'a b.gguf'" in text
+
+
+def test_service_files_checksums_and_tarball(tmp_path):
+    import plistlib
+    import tarfile
+
+    from haqa.runtime import RuntimeConfig
+
+    config = RuntimeConfig(threads=4, ctx_size=4096, n_gpu_layers=0, batch_size=512)
+    out = _write(tmp_path / "m@t", tmp_path, config=config, recipe="m")
+    modelfile = (out / "Modelfile").read_text()
+    assert "FROM ./m-Q4_0.gguf" in modelfile and "PARAMETER num_ctx 4096" in modelfile
+    assert "PARAMETER num_thread 4" in modelfile and "PARAMETER num_batch 512" in modelfile
+    unit = (out / "haqa-m.service").read_text()
+    assert "ExecStart=%h/.local/share/haqa/bundles/m@t/run.sh --host 127.0.0.1" in unit
+    plist = plistlib.loads((out / "dev.haqa.m.plist").read_bytes())
+    assert plist["Label"] == "dev.haqa.m" and "--host 127.0.0.1" in plist["ProgramArguments"][-1]
+    sums = dict(line.split("  ")[::-1] for line in (out / "SHA256SUMS").read_text().splitlines())
+    assert set(sums) == {"m-Q4_0.gguf", "bin/llama-server", "run.sh", "Modelfile", "haqa-m.service",
+                         "dev.haqa.m.plist", "haqa.lock.json"}
+    for name, digest in sums.items():
+        assert sha256_file(out / name) == digest
+    assert oct((out / "Modelfile").stat().st_mode & 0o777) == "0o644"
+    assert oct((out / "run.sh").stat().st_mode & 0o777) == "0o755"
+    with tarfile.open(tmp_path / "m@t.tar.gz") as tar:
+        assert "m@t/run.sh" in tar.getnames() and "m@t/SHA256SUMS" in tar.getnames()

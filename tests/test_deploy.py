@@ -70,6 +70,12 @@ def test_bundle_has_gguf_lock_and_script(bundle):
     assert all(t["proposer"] == "heuristic" and t["rationale"] for t in lock["trials"])
     assert lock["selection"]["pareto_front"]
     assert lock["drift_guard"]["history"][0]["event"] == "baseline"
+    for line in (bundle / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split("  ")
+        assert sha256_file(bundle / name) == digest
+    assert f"PARAMETER num_ctx {lock['runtime']['ctx_size']}" in (bundle / "Modelfile").read_text()
+    assert (bundle / "haqa-smollm2-135m.service").exists() and (bundle / "dev.haqa.smollm2-135m.plist").exists()
+    assert bundle.with_name(bundle.name + ".tar.gz").exists()
 
 
 def test_bundled_gguf_loads_in_llama_cpp_python(bundle):
