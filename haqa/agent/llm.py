@@ -154,10 +154,16 @@ class EmbeddedBackend(Backend):
     name = "embedded"
 
     def __init__(self, model_path: str, threads: int = 2):
-        from llama_cpp import Llama
-
         self.model = os.path.basename(model_path)
-        self.llm = Llama(model_path=model_path, n_ctx=4096, n_threads=threads, verbose=False, seed=0)
+        self._path, self._threads, self._llm = model_path, threads, None
+
+    @property
+    def llm(self):
+        if self._llm is None:  # loaded on the first question: a resumed search may ask none
+            from llama_cpp import Llama
+
+            self._llm = Llama(model_path=self._path, n_ctx=4096, n_threads=self._threads, verbose=False, seed=0)
+        return self._llm
 
     def complete(self, messages, schema, temperature=0.2):
         r = self.llm.create_chat_completion(messages=messages, response_format={"type": "json_object", "schema": schema},
