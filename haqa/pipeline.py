@@ -215,6 +215,19 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
         fresh: list[tuple[int, Candidate, str, str]] = []  # since the last anchor check
         attempts: dict[str, int] = {}
         best_score, stale, new_trials, reruns = None, 0, 0, 0
+
+        def progress(o: Observation) -> None:
+            """Convergence bookkeeping: a trial counts as progress only beyond the noise."""
+            nonlocal best_score, stale
+            if o.score is not None and (best_score is None or o.score > best_score * (1 + max(2 * o.noise, 0.01))):
+                best_score, stale = o.score, 0
+            else:
+                stale += 1
+                if o.score is not None and best_score is not None:
+                    best_score = max(best_score, o.score)
+
+        for o in history:  # a search that converged before stays converged
+            progress(o)
         stop_reason = "trial budget reached"
         queue: list[tuple[Candidate, str, str]] = []
         while True:
@@ -250,13 +263,7 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
             new_trials += 1
             if t.ok:
                 _report(t, "measured", recipe, synthetic)
-            o = history[-1]
-            if o.score is not None and (best_score is None or o.score > best_score * (1 + max(2 * o.noise, 0.01))):
-                best_score, stale = o.score, 0
-            else:
-                stale += 1
-                if o.score is not None and best_score is not None:
-                    best_score = max(best_score, o.score)
+            progress(history[-1])
             if t.ok:
                 fresh.append((row, cand, who, why))
             if len(fresh) >= guard.every:
