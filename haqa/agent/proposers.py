@@ -9,7 +9,7 @@ import abc
 import random
 from dataclasses import dataclass
 
-from haqa.agent.space import KNOBS, Candidate, SearchSpace
+from haqa.agent.space import Candidate, SearchSpace
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,3 @@ class HeuristicProposer(Proposer):
                                           f"try {knob}={value}", self.name)
         return None
 
-
-def knob_values(cand: Candidate) -> dict:
-    return {k: cand.values()[k] for k in KNOBS}

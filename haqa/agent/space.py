@@ -7,7 +7,6 @@ recipe's minimum, quantized V caches only with flash attention. A candidate is a
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import json
@@ -120,20 +119,6 @@ class SearchSpace:
             n *= len(v)
         return n
 
-    def neighbours(self, cand: Candidate) -> Iterator[Candidate]:
-        """Candidates that differ from `cand` in one knob (for local search)."""
-        base = cand.values()
-        for knob in KNOBS:
-            for value in self.dims[knob]:
-                if value == base[knob]:
-                    continue
-                try:
-                    n = self.make({**base, knob: value})
-                except Rejected:
-                    continue
-                if self.valid(n):
-                    yield n
-
     def describe(self) -> dict:
         return {"knobs": {k: v for k, v in self.dims.items()}, "ctx_size": self.ctx_size,
                 "defaults": self.default_values()}
@@ -163,6 +148,3 @@ def build_space(target: Target, recipe: Recipe, *, n_layer: int,
     }
     return SearchSpace(dims=dims, ctx_size=recipe.workload.min_context, fits=fits)
 
-
-def with_config(cand: Candidate, **changes) -> Candidate:
-    return Candidate(cand.quant, dataclasses.replace(cand.config, **changes))

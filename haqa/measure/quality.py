@@ -17,6 +17,7 @@ from haqa import ui
 from haqa.errors import ToolFailed
 from haqa.measure.corpus import Corpus
 from haqa.runner.base import Runner
+from haqa.runtime import RuntimeConfig
 from haqa.toolchain.build import Toolchain
 
 QUALITY_TIMEOUT_S = 6 * 3600
@@ -78,13 +79,6 @@ def parse_kld_output(text: str) -> dict:
                 ppl_ratio=ratio, ppl_ratio_err=ratio_err, ppl=ppl, ppl_base=base)
 
 
-def kv_args(cache_type_k: str, cache_type_v: str) -> list[str]:
-    args = ["-ctk", cache_type_k, "-ctv", cache_type_v]
-    if cache_type_v not in ("f16", "f32", "bf16"):
-        args += ["-fa", "on"]  # a quantized V cache needs flash attention
-    return args
-
-
 def reference_logits(runner: Runner, toolchain: Toolchain, source: PurePath, source_sha256: str, corpus: Corpus,
                      settings: QualitySettings, threads: int) -> PurePath:
     """The reference logits file on the device, computed once per (source, corpus, settings, commit)."""
@@ -111,12 +105,18 @@ def reference_logits(runner: Runner, toolchain: Toolchain, source: PurePath, sou
     return ref
 
 
+def _kv_args(cache_type_k: str, cache_type_v: str) -> list[str]:
+    """KV-cache flags, with flash attention as RuntimeConfig decides it (a quantized V cache needs it)."""
+    fa = RuntimeConfig(threads=1, ctx_size=0, cache_type_k=cache_type_k, cache_type_v=cache_type_v).effective_flash_attn
+    return ["-ctk", cache_type_k, "-ctv", cache_type_v, "-fa", fa]
+
+
 def measure_quality(runner: Runner, toolchain: Toolchain, candidate: PurePath, reference: PurePath, corpus: Corpus,
                     settings: QualitySettings, *, threads: int, cache_type_k: str = "f16", cache_type_v: str = "f16",
                     n_gpu_layers: int = 0) -> Quality:
     argv = [str(toolchain.bin("llama-perplexity")), "-m", str(candidate), "-c", str(settings.ctx),
             "--chunks", str(settings.chunks), "-t", str(threads), "-ngl", str(n_gpu_layers),
-            *kv_args(cache_type_k, cache_type_v), "--kl-divergence-base", str(reference), "--kl-divergence"]
+            *_kv_args(cache_type_k, cache_type_v), "--kl-divergence-base", str(reference), "--kl-divergence"]
     log = runner.local_dir("logs") / f"kld-{PurePath(candidate).stem}-{cache_type_k}-{cache_type_v}.log"
     log.write_text("")
     result = runner.run(argv, timeout=QUALITY_TIMEOUT_S, log_path=log)

@@ -16,7 +16,6 @@ import re
 import select
 import shlex
 import socket
-import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePath, PurePosixPath
@@ -508,6 +507,3 @@ class SshRunner(Runner):
         c = self.connect
         return {"runner": "ssh", "host": c.host, "port": c.port, "user": c.user, "jump": c.jump, "home": str(self.home)}
 
-    def is_dir(self, remote: PurePath) -> bool:
-        st = self._stat(remote)
-        return st is not None and stat.S_ISDIR(st.st_mode)
