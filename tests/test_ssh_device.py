@@ -17,6 +17,7 @@ import pytest
 
 from haqa.config import load_target
 from haqa.hashing import sha256_file
+from haqa.paths import cache_home
 from haqa.probe import local_facts
 from haqa.runner import runner_for
 from haqa.toolchain import TOOLS, ensure_toolchain
@@ -26,7 +27,17 @@ HAQA = [sys.executable, "-m", "haqa"]
 
 
 def haqa_in(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([*HAQA, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    """haqa with a haqa home of its own (under cwd): the trial store starts empty in every test run,
+    while the llama.cpp source and the fetched model are shared with the user's cache."""
+    home = cwd / "haqa-home"
+    if not home.exists():
+        real = cache_home()
+        home.mkdir()
+        for sub in ("sources", "models"):
+            (real / sub).mkdir(parents=True, exist_ok=True)
+            (home / sub).symlink_to(real / sub)
+    return subprocess.run([*HAQA, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "HAQA_HOME": str(home)})
 
 
 @pytest.fixture(scope="module")
