@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
@@ -82,6 +83,11 @@ class Runner(abc.ABC):
 
     @abc.abstractmethod
     def cpu_count(self) -> int: ...
+
+    @abc.abstractmethod
+    def forward(self, remote_port: int, remote_host: str = "127.0.0.1") -> contextlib.AbstractContextManager[tuple[str, int]]:
+        """A context manager that makes `remote_host:remote_port`, as the device sees it, reachable from
+        this machine, and yields the (host, port) to connect to here. Closed on exit."""
 
     @abc.abstractmethod
     def local_dir(self, *parts: str) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import platform
 import shutil
@@ -10,7 +11,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePath
 
 from haqa import paths
@@ -144,6 +145,10 @@ class LocalRunner(Runner):
 
     def cpu_count(self) -> int:
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+    @contextlib.contextmanager
+    def forward(self, remote_port: int, remote_host: str = "127.0.0.1") -> Iterator[tuple[str, int]]:
+        yield remote_host, remote_port  # the device is this machine: nothing to forward
 
     def local_dir(self, *parts: str) -> Path:
         d = Path(self.home).joinpath(*parts)

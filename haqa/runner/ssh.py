@@ -10,14 +10,16 @@ only when the target says so; a changed key is always refused.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import re
 import select
 import shlex
 import socket
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePath, PurePosixPath
 
 import paramiko
@@ -344,6 +346,72 @@ class SshRunner(Runner):
             text = self._check(["sh", "-c", "nproc 2>/dev/null || sysctl -n hw.ncpu"], "counting CPUs")
             self._cpu_count = int(text.split()[0])
         return self._cpu_count
+
+    # -- port forwarding ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def forward(self, remote_port: int, remote_host: str = "127.0.0.1") -> Iterator[tuple[str, int]]:
+        """A local port on 127.0.0.1 whose connections go through this SSH connection (a direct-tcpip
+        channel each, as `ssh -L` does) to remote_host:remote_port as the device sees it. A connection
+        the device refuses is closed at once."""
+        self._ensure()
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        stop, prohibited = threading.Event(), threading.Event()
+        pumps: list[threading.Thread] = []
+
+        def pump(sock: socket.socket) -> None:
+            chan = None
+            try:
+                transport = self._client.get_transport() if self._client else None
+                if transport is None or not transport.is_active():
+                    return  # the next command reconnects; this connection is simply refused
+                chan = transport.open_channel("direct-tcpip", (remote_host, remote_port), sock.getpeername(),
+                                              timeout=self.connect.connect_timeout_s)
+                while not stop.is_set():
+                    ready, _, _ = select.select([sock, chan], [], [], 0.2)
+                    if sock in ready:
+                        data = sock.recv(CHUNK)
+                        if not data:
+                            break
+                        chan.sendall(data)
+                    if chan in ready:
+                        data = chan.recv(CHUNK)
+                        if not data:
+                            break
+                        sock.sendall(data)
+            except paramiko.ChannelException as e:
+                if e.code == paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED and not prohibited.is_set():
+                    prohibited.set()
+                    ui.note(f"{self.label}: sshd refuses port forwarding (AllowTcpForwarding); "
+                            f"{remote_host}:{remote_port} on the device cannot be reached from here")
+            except (*_TRANSIENT, OSError):
+                pass  # refused by the device, or either side hung up
+            finally:
+                if chan is not None:
+                    chan.close()
+                sock.close()
+
+        def accept() -> None:
+            while not stop.is_set():
+                ready, _, _ = select.select([listener], [], [], 0.2)
+                if ready:
+                    sock, _ = listener.accept()
+                    t = threading.Thread(target=pump, args=(sock,), daemon=True)
+                    t.start()
+                    pumps.append(t)
+
+        acceptor = threading.Thread(target=accept, daemon=True)
+        acceptor.start()
+        try:
+            yield "127.0.0.1", listener.getsockname()[1]
+        finally:
+            stop.set()
+            acceptor.join(timeout=5)
+            listener.close()
+            for t in pumps:
+                t.join(timeout=5)
 
     # -- files ----------------------------------------------------------------------------------
 
