@@ -26,6 +26,7 @@ from haqa.measure.quantize import quantize
 from haqa.model import memory
 from haqa.model.gguf_facts import read_facts
 from haqa.model.source import resolve_model
+from haqa.paths import cache_home
 from haqa.runner import runner_for
 from haqa.runtime import RuntimeConfig
 from haqa.toolchain import ensure_toolchain
@@ -41,8 +42,13 @@ class DeployResult:
     trials: list[Trial]
 
 
-def default_config(target: Target, recipe: Recipe) -> RuntimeConfig:
-    return RuntimeConfig(threads=target.hardware.cores, ctx_size=recipe.workload.min_context)
+def default_config(target: Target, recipe: Recipe, n_layers: int | None = None) -> RuntimeConfig:
+    """llama.cpp's default flags (what a user gets without tuning): every core, every layer on the
+    GPU when there is one, f16 KV cache, flash attention auto, batch 2048 / ubatch 512, repacking on."""
+    gpu = target.hardware.gpu.kind != "none" and n_layers
+    cores = target.hardware.cores
+    return RuntimeConfig(threads=cores, threads_batch=cores, ctx_size=recipe.workload.min_context,
+                         n_gpu_layers=(n_layers + 1) if gpu else 0)
 
 
 def deploy(target_name: str, recipe_name: str, out: Path | None = None, *, jobs: int | None = None,
@@ -64,6 +70,30 @@ def deploy(target_name: str, recipe_name: str, out: Path | None = None, *, jobs:
         return _deploy_on(runner, target, recipe, model, source_facts, corpus, label, out, jobs, agent, seed)
     finally:
         runner.close()
+
+
+def prepare_device(runner, target: Target, model, jobs: int | None):
+    """The llama.cpp toolchain on the device (built or cached) and the source GGUF's path there."""
+    toolchain = ensure_toolchain(runner, target, jobs=jobs)
+    ui.note(f"llama.cpp {toolchain.commit[:8]} toolchain {toolchain.key} "
+            f"({'cached' if toolchain.cached else 'built'}) in {toolchain.root}")
+    if runner.name == "local":
+        return toolchain, model.path
+    device_source = runner.dir("models", "src", f"{model.sha256[:16]}.gguf")
+    sent = runner.put(model.path, device_source)
+    ui.note(f"source model {'uploaded to' if sent else 'already on'} the device: {device_source}")
+    return toolchain, device_source
+
+
+def reference_for(runner, toolchain, device_source, model, source_facts, corpus, settings, threads: int):
+    """The reference logits on the device; None for synthetic weights (no quality to measure)."""
+    if source_facts.synthetic:
+        ui.note("synthetic weights: speed and memory only; quality is not measured")
+        return None
+    try:
+        return reference_logits(runner, toolchain, device_source, model.sha256, corpus, settings, threads)
+    except ToolFailed as e:
+        raise UserError(f"computing the reference logits of {model.path.name} failed: {e}") from None
 
 
 AGENTS = ["auto", "llm", "openai", "ollama", "embedded", "heuristic", "random", "grid"]
@@ -90,28 +120,11 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
     from haqa.agent.store import TrialStore, store_path
 
     started = time.monotonic()
-    toolchain = ensure_toolchain(runner, target, jobs=jobs)
-    ui.note(f"llama.cpp {toolchain.commit[:8]} toolchain {toolchain.key} "
-            f"({'cached' if toolchain.cached else 'built'}) in {toolchain.root}")
-
-    if runner.name == "local":
-        device_source = model.path
-    else:
-        device_source = runner.dir("models", "src", f"{model.sha256[:16]}.gguf")
-        sent = runner.put(model.path, device_source)
-        ui.note(f"source model {'uploaded to' if sent else 'already on'} the device: {device_source}")
-
+    toolchain, device_source = prepare_device(runner, target, model, jobs)
     settings = QualitySettings(ctx=recipe.quality.ctx, chunks=recipe.quality.chunks)
     synthetic = source_facts.synthetic
-    base = default_config(target, recipe)
-    reference = None
-    if synthetic:
-        ui.note("synthetic weights: speed and memory only; quality is not measured")
-    else:
-        try:
-            reference = reference_logits(runner, toolchain, device_source, model.sha256, corpus, settings, base.threads)
-        except ToolFailed as e:
-            raise UserError(f"computing the reference logits of {model.path.name} failed: {e}") from None
+    base = default_config(target, recipe, n_layers=source_facts.n_layers)
+    reference = reference_for(runner, toolchain, device_source, model, source_facts, corpus, settings, base.threads)
     w = recipe.workload
     hw = target.hardware
     budget_bytes = (hw.ram_gib - target.limits.memory_headroom_gib) * 2**30
@@ -282,14 +295,46 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
     ui.note(f"search stopped: {stop_reason} ({new_trials} new trial(s), {len(trials)} in all, agent {agent_used})")
 
     all_trials = [t for _, t, _, _ in trials.values()]
+    scorer = lambda t: obj.score(t.bench, recipe.objective, w.prompt_tokens)  # noqa: E731
     try:
-        winner = choose(all_trials, recipe.quality, synthetic=synthetic,
-                        key=lambda t: obj.score(t.bench, recipe.objective, w.prompt_tokens))
+        leader = choose(all_trials, recipe.quality, synthetic=synthetic, key=scorer)
     except NothingFeasible as e:
         raise UserError(f"no candidate of {label} is within the quality budget (max_kld {recipe.quality.max_kld}): {e}",
                         hint="raise [quality].max_kld in the recipe or add higher-precision quants to [search].quants") from None
+
+    def quality_of(quant: str, path) -> Quality | None:
+        """Quality depends on the weights and the KV types only: reuse a trial's, else measure it."""
+        if synthetic:
+            return None
+        for t in all_trials:
+            if t.ok and t.quant == quant and t.quality and t.config.cache_type_k == "f16" == t.config.cache_type_v:
+                return t.quality
+        return measure_quality(runner, toolchain, path, reference, corpus, settings, threads=base.threads)
+
+    finalists = _finalists(all_trials, leader, recipe, synthetic, scorer, base)
+    compare_key = hashlib.sha256(json.dumps(
+        {"finalists": [trial_key(Candidate(t.quant, t.config)) for t in finalists], "default": base.as_dict(),
+         "rounds": COMPARE_ROUNDS, "repetitions": COMPARE_REPETITIONS}, sort_keys=True).encode()).hexdigest()[:20]
+    compare_cache = cache_home() / "comparisons" / f"{label}-{compare_key}.json"
+    if compare_cache.exists():
+        saved = json.loads(compare_cache.read_text())
+        winner = dataclasses.replace(finalists[saved["best"]], bench=BenchResult.from_dict(saved["pooled"]))
+        comparison = saved["comparison"]
+        ui.note(f"side-by-side comparison of these finalists reused from {saved['created']} ({compare_cache})")
+    else:
+        winner, comparison = compare_with_baselines(runner, toolchain, recipe, source_facts, finalists,
+                                                    prepare=lambda q: prepare(q)[0], fits=fits, default=base,
+                                                    quality_of=quality_of)
+        comparison["created"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        compare_cache.parent.mkdir(parents=True, exist_ok=True)
+        part = compare_cache.with_name(compare_cache.name + ".part")
+        part.write_text(json.dumps({"best": finalists.index(next(t for t in finalists if (t.quant, t.config) ==
+                                                                 (winner.quant, winner.config))),
+                                    "pooled": winner.bench.as_dict(), "comparison": comparison,
+                                    "created": comparison["created"]}))
+        part.replace(compare_cache)
     kld = f"KLD {winner.quality.kld_mean:.4f}" if winner.quality else "quality not reported (synthetic)"
-    ui.step(f"chose {winner.name}: decode {winner.bench.decode.mean:.1f} tok/s, {kld} "
+    ui.step(f"chose {winner.name}: decode {winner.bench.decode.mean:.1f} tok/s side by side, {kld} "
             f"({obj.describe(recipe.objective, w.prompt_tokens)}, within the quality budget)")
     device_candidate, _ = prepare(winner.quant)
     candidate = runner.fetch(device_candidate)
@@ -301,17 +346,142 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
               "reruns_after_drift": reruns, "llm_fallbacks": getattr(proposer, "fallbacks", 0),
               "llm_replies": getattr(proposer, "replies", 0), "space_size": space.size(),
               "objective": obj.describe(recipe.objective, w.prompt_tokens),
-              "pareto_front": [t.name + f" {t.config.as_dict()}" for t in front]}
+              "pareto_front": [f"{t.name} ({t.config.describe()})" for t in front]}
     model_name = f"{recipe.name}-{winner.quant}.gguf"
     lock = _lock(target, recipe, model, source_facts, toolchain, winner, all_trials, candidate, runner.describe(),
                  corpus, settings, guard if new_trials else None, reruns, search,
                  [(who, why) for (_, _, who, why) in trials.values()])
+    lock["comparison"] = comparison
+    lock["metrics"]["speed_basis"] = (f"the side-by-side re-measurement ({COMPARE_ROUNDS} interleaved rounds x "
+                                      f"{COMPARE_REPETITIONS} repetitions); the search's own figures are in trials")
     out = out or Path("dist") / label
     bundle = write_bundle(out, model=candidate, model_name=model_name, server_binary=server,
                           lock=lock, server_args=winner.config.server_args(), label=label, alias=recipe.name,
-                          config=winner.config, recipe=recipe.name)
+                          config=winner.config, recipe=recipe.name, documents=documents(lock))
     ui.step(f"bundle written: {bundle}  (start it with {bundle}/run.sh)")
     return DeployResult(bundle=bundle, winner=winner, trials=all_trials)
+
+
+DEFAULT_QUANT = "Q4_K_M"  # what Ollama and most model cards ship
+UNQUANTIZED = ("F32", "BF16", "F16")
+COMPARE_ROUNDS = 3
+COMPARE_REPETITIONS = 3
+
+
+FINALISTS = 3
+
+
+def _finalists(trials: list[Trial], leader: Trial, recipe: Recipe, synthetic: bool, scorer, default: RuntimeConfig) -> list[Trial]:
+    """The search's leader, the feasible trials whose score is within measurement noise of it (at most
+    FINALISTS in all), and the default deployment's own trial when it was feasible: the search measured
+    them at different times, so the final word goes to a side-by-side re-measurement."""
+    from haqa.agent import objective as obj
+
+    feasible = sorted((t for t in trials if within_budget(t, recipe.quality, synthetic=synthetic)[0]),
+                      key=scorer, reverse=True)
+    best = scorer(leader)
+    out = [leader]
+    for t in feasible:
+        if len(out) >= FINALISTS:
+            break
+        noise = max(obj.noise(t.bench, recipe.objective), obj.noise(leader.bench, recipe.objective))
+        if t is not leader and scorer(t) >= best - abs(best) * max(2 * noise, 0.02):
+            out.append(t)
+    dflt = next((t for t in feasible if t.quant == DEFAULT_QUANT and t.config == default), None)
+    if dflt is not None and dflt not in out:
+        out.append(dflt)
+    return out
+
+
+def compare_with_baselines(runner, toolchain, recipe: Recipe, source_facts, finalists: list[Trial], *, prepare, fits,
+                           default: RuntimeConfig, quality_of) -> tuple[Trial, dict]:
+    """Re-measure the finalists side by side with (a) the default deployment, Q4_K_M with llama.cpp's
+    default flags, and (b) the unquantized model with default flags, in interleaved rounds. The
+    finalist with the best objective there wins; it is reported as "tuned" against (a) and (b)."""
+    from haqa.agent import objective as obj
+    from haqa.agent.space import Candidate
+    from haqa.measure import compare as cmp
+
+    w = recipe.workload
+    unq = source_facts.file_type if source_facts.file_type in UNQUANTIZED else "F16"
+    unq_note = ("the source GGUF itself" if unq == source_facts.file_type else
+                f"F16 converted from the {source_facts.file_type} source (no precision beyond the source's)")
+    wanted = [(f"finalist {i + 1}", t.quant, t.config, f"search trial {t.name} ({t.config.describe()})")
+              for i, t in enumerate(finalists)]
+    wanted += [("default", DEFAULT_QUANT, default, f"{DEFAULT_QUANT} with llama.cpp's default flags"),
+               ("unquantized", unq, default, f"{unq} with llama.cpp's default flags: {unq_note}")]
+    contenders: dict[tuple, cmp.Contender] = {}  # one measurement per (quant, config), whatever its labels
+    labels: dict[str, tuple] = {}
+    for label, quant, config, description in wanted:
+        key = (quant, config)
+        labels[label] = key
+        if key in contenders:
+            continue
+        ok, why = fits(Candidate(quant, config))
+        if not ok:
+            contenders[key] = cmp.Contender(label, quant, config, description, skipped=f"not measured: {why}")
+            continue
+        try:
+            contenders[key] = cmp.Contender(label, quant, config, description, model=prepare(quant))
+        except ToolFailed as e:
+            contenders[key] = cmp.Contender(label, quant, config, description,
+                                            skipped=f"quantizing failed: {str(e).splitlines()[0]}")
+    ui.step(f"measuring {len(finalists)} finalist(s), the default deployment and the unquantized model side by side "
+            f"({COMPARE_ROUNDS} interleaved rounds)")
+    sides = cmp.compare(runner, toolchain, list(contenders.values()), prompt_tokens=w.prompt_tokens,
+                        gen_tokens=w.gen_tokens, rounds=COMPARE_ROUNDS, repetitions=COMPARE_REPETITIONS,
+                        log_dir=runner.local_dir("logs"))
+    by_key = {(s.contender.quant, s.contender.config): s for s in sides}
+
+    def side(label: str) -> cmp.Side:
+        return by_key[labels[label]]
+
+    scored = [(obj.score(side(f"finalist {i + 1}").pooled(), recipe.objective, w.prompt_tokens), i)
+              for i in range(len(finalists)) if side(f"finalist {i + 1}").measured]
+    if not scored:
+        raise UserError("every finalist failed when it was measured again side by side; see the logs in "
+                        f"{runner.local_dir('logs')}", hint="run the deploy again; if it persists, run `haqa doctor`")
+    _, best = max(scored)
+    # The winner's figures are its side-by-side ones: more samples, and taken beside the baselines.
+    winner = dataclasses.replace(finalists[best], bench=side(f"finalist {best + 1}").pooled())
+    if best != 0:
+        ui.note(f"side by side, {winner.name} ({winner.config.describe()}) beat the search's leader "
+                f"{finalists[0].name}: it is chosen")
+    out = {"method": cmp.METHOD, "rounds": COMPARE_ROUNDS, "repetitions_per_round": COMPARE_REPETITIONS,
+           "workload": w.model_dump(), "finalists": len(finalists), "contenders": {}, "ratios": {}}
+    entries = [("tuned", f"finalist {best + 1}", "the configuration haqa chose")]
+    entries += [(f"finalist {i + 1}", f"finalist {i + 1}", None) for i in range(len(finalists)) if i != best]
+    entries += [("default", "default", None), ("unquantized", "unquantized", None)]
+    for name, label, description in entries:
+        s = side(label)
+        summary = s.summary(w.prompt_tokens)
+        if description:
+            summary["description"] = description + f" ({winner.config.describe()})"
+        else:
+            summary["description"] = dict((lbl, d) for lbl, _, _, d in wanted)[label]
+        if s.measured:
+            trial = next((t for t in finalists if (t.quant, t.config) == labels[label]), None)
+            try:
+                q = trial.quality if trial else quality_of(s.contender.quant, s.contender.model)
+            except ToolFailed as e:
+                q, summary["quality_error"] = None, str(e).splitlines()[0]
+            summary["quality"] = q.as_dict() if q else None
+        out["contenders"][name] = summary
+    tuned = side(f"finalist {best + 1}")
+    for other in ("default", "unquantized"):
+        r = cmp.ratios(tuned, side(other))
+        out["ratios"][f"tuned/{other}"] = r if r else "not measured"
+        if r:
+            ui.note(f"tuned / {other} ({side(other).contender.quant}): decode x{r['decode']['median']:.2f}, "
+                    f"prefill x{r['prefill']['median']:.2f} (medians of {r['decode']['rounds']} interleaved rounds)")
+    return winner, out
+
+
+def documents(lock: dict) -> dict[str, bytes]:
+    """REPORT.md and pareto.png, both drawn from the lock alone."""
+    from haqa.bundle import plot, report
+
+    return {"REPORT.md": report.render(lock).encode(), "pareto.png": plot.pareto_png(lock)}
 
 
 def _trial_from_store(rec, cand) -> Trial:

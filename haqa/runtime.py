@@ -36,6 +36,12 @@ class RuntimeConfig:
         # A quantized V cache needs flash attention (llama-context.cpp refuses it otherwise).
         return "on" if self.cache_type_v not in ("f16", "f32", "bf16") else self.flash_attn
 
+    def describe(self) -> str:
+        """The flags in one short line, for reports."""
+        return (f"t={self.threads}/{self.prefill_threads} ngl={self.n_gpu_layers} fa={self.flash_attn} "
+                f"b={self.batch_size}/{self.ubatch_size} kv={self.cache_type_k} repack={'on' if self.repack else 'off'} "
+                f"lm={self.load_mode} poll={self.poll}")
+
     def bench_args(self, *, prefill: bool = False) -> list[str]:
         """llama-bench flags. It uses one thread count for a whole test, so prefill tests get the
         batch threads and decode tests the generation threads, as llama-server would use them."""

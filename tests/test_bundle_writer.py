@@ -76,7 +76,8 @@ def test_service_files_checksums_and_tarball(tmp_path):
     from haqa.runtime import RuntimeConfig
 
     config = RuntimeConfig(threads=4, ctx_size=4096, n_gpu_layers=0, batch_size=512)
-    out = _write(tmp_path / "m@t", tmp_path, config=config, recipe="m")
+    out = _write(tmp_path / "m@t", tmp_path, config=config, recipe="m",
+                 documents={"REPORT.md": b"# report\n", "pareto.png": b"\x89PNG"})
     modelfile = (out / "Modelfile").read_text()
     assert "FROM ./m-Q4_0.gguf" in modelfile and "PARAMETER num_ctx 4096" in modelfile
     assert "PARAMETER num_thread 4" in modelfile and "PARAMETER num_batch 512" in modelfile
@@ -86,7 +87,7 @@ def test_service_files_checksums_and_tarball(tmp_path):
     assert plist["Label"] == "dev.haqa.m" and "--host 127.0.0.1" in plist["ProgramArguments"][-1]
     sums = dict(line.split("  ")[::-1] for line in (out / "SHA256SUMS").read_text().splitlines())
     assert set(sums) == {"m-Q4_0.gguf", "bin/llama-server", "run.sh", "Modelfile", "haqa-m.service",
-                         "dev.haqa.m.plist", "haqa.lock.json"}
+                         "dev.haqa.m.plist", "haqa.lock.json", "REPORT.md", "pareto.png"}
     for name, digest in sums.items():
         assert sha256_file(out / name) == digest
     assert oct((out / "Modelfile").stat().st_mode & 0o777) == "0o644"

@@ -59,8 +59,13 @@ def test_bundle_has_gguf_lock_and_script(bundle):
     decode = lock["metrics"]["bench"]["decode"]
     assert decode["basis"] == "measured" and decode["repetitions"] >= 3 and decode["stddev"] >= 0
     assert decode["depth"] == lock["recipe"]["workload"]["prompt_tokens"]
-    feasible = [t for t in lock["trials"] if t["status"] == "ok" and t["within_budget"]]
-    assert decode["mean"] == max(t["bench"]["decode"]["mean"] for t in feasible)  # objective: decode tok/s
+    comparison = lock["comparison"]
+    assert lock["metrics"]["speed_basis"].startswith("the side-by-side re-measurement")
+    assert decode["repetitions"] == comparison["rounds"] * comparison["repetitions_per_round"]
+    tuned = comparison["contenders"]["tuned"]
+    assert tuned["quant"] == quant and tuned["config"] == {k: v for k, v in lock["runtime"].items() if k != "server_args"}
+    finalists = [c for name, c in comparison["contenders"].items() if name.startswith("finalist")] + [tuned]
+    assert tuned["decode"]["median"] > 0 and len(finalists) == comparison["finalists"]
     quality = lock["metrics"]["quality"]
     assert quality["kld_mean"] <= lock["recipe"]["quality_budget"]["max_kld"] and quality["basis"].startswith("measured")
     assert 0 < quality["same_top_p"] <= 100 and lock["quality_method"]["corpus"] == "python-docs"
@@ -76,6 +81,30 @@ def test_bundle_has_gguf_lock_and_script(bundle):
     assert f"PARAMETER num_ctx {lock['runtime']['ctx_size']}" in (bundle / "Modelfile").read_text()
     assert (bundle / "haqa-smollm2-135m.service").exists() and (bundle / "dev.haqa.smollm2-135m.plist").exists()
     assert bundle.with_name(bundle.name + ".tar.gz").exists()
+
+
+def test_report_compares_with_the_default_and_the_unquantized_model(bundle):
+    lock = json.loads((bundle / "haqa.lock.json").read_text())
+    comparison = lock["comparison"]
+    default, unquantized = comparison["contenders"]["default"], comparison["contenders"]["unquantized"]
+    assert default["quant"] == "Q4_K_M" and unquantized["quant"] == "F16"
+    for side in (default, unquantized):
+        assert len(side["decode"]["per_round"]) == comparison["rounds"] == 3
+        assert side["decode"]["basis"].startswith("measured") and side["peak_rss_bytes"] > 0
+        assert side["quality"]["kld_mean"] >= 0
+    assert unquantized["peak_rss_bytes"] > default["peak_rss_bytes"]  # F16 weights are about 3x Q4_K_M's
+    assert default["quality"]["kld_mean"] > unquantized["quality"]["kld_mean"]
+    for name in ("tuned/default", "tuned/unquantized"):
+        ratio = comparison["ratios"][name]
+        assert ratio["decode"]["rounds"] == 3 and ratio["decode"]["min"] <= ratio["decode"]["median"] <= ratio["decode"]["max"]
+    report = (bundle / "REPORT.md").read_text()
+    assert "| tuned/default | x" in report and "| tuned/unquantized | x" in report
+    assert "![decode speed against KLD for every trial](pareto.png)" in report
+    for trial in lock["trials"]:
+        assert trial["name"] in report
+    png = (bundle / "pareto.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+    assert {"REPORT.md", "pareto.png"} <= set(lock["files"])
 
 
 def test_bundled_gguf_loads_in_llama_cpp_python(bundle):
@@ -127,3 +156,18 @@ def test_second_deploy_reuses_every_cache(bundle, home):
     assert "measuring" not in proc.stderr and "reference logits" not in proc.stderr
     assert "resuming:" in proc.stderr and "0 new trial(s)" in proc.stderr
     assert time.monotonic() - start < 60
+
+
+def test_from_lock_reproduces_the_choice_without_searching(bundle, home, tmp_path):
+    out = tmp_path / "again"
+    proc = run_haqa(home, "deploy", "--from-lock", str(bundle), "--out", str(out), timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    assert "(no search)" in proc.stderr and "matches the lock" in proc.stderr
+    assert "measuring" not in proc.stderr and "comparison round" not in proc.stderr
+    old, new = (json.loads((d / "haqa.lock.json").read_text()) for d in (bundle, out))
+    assert new["model"]["sha256"] == old["model"]["sha256"] == sha256_file(next(out.glob("*.gguf")))
+    assert new["runtime"] == old["runtime"] and new["trials"] == old["trials"]
+    check = new["reproduced_from_lock"]
+    assert check["weights_match_lock"] and check["decode_ratio_to_lock"] > 0
+    assert new["metrics"]["bench"]["decode"]["repetitions"] >= 3 and new["metrics"]["quality"]["kld_mean"] >= 0
+    assert "## Reproduced from a lock" in (out / "REPORT.md").read_text()

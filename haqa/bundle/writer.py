@@ -28,8 +28,10 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def write_bundle(out_dir: Path, *, model: Path, model_name: str, server_binary: Path, lock: dict,
                  server_args: list[str], label: str, alias: str, config: RuntimeConfig | None = None,
-                 recipe: str | None = None) -> Path:
-    """The bundle folder, plus `<folder>.tar.gz` beside it. Every file is listed in SHA256SUMS."""
+                 recipe: str | None = None, documents: dict[str, bytes] | None = None) -> Path:
+    """The bundle folder, plus `<folder>.tar.gz` beside it. Every file is listed in SHA256SUMS.
+
+    `documents` are extra files by name (REPORT.md, pareto.png)."""
     out_dir = out_dir.resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -47,6 +49,9 @@ def write_bundle(out_dir: Path, *, model: Path, model_name: str, server_binary: 
             (tmp / f"{services.service_name(name)}.service").write_text(services.systemd_unit(name, label))
             (tmp / f"dev.haqa.{name}.plist").write_bytes(services.launchd_plist(name, label))
             names += ["Modelfile", f"{services.service_name(name)}.service", f"dev.haqa.{name}.plist"]
+        for name, data in (documents or {}).items():
+            (tmp / name).write_bytes(data)
+            names.append(name)
         lock = {**lock, "files": {name: sha256_file(tmp / name) for name in names}}
         (tmp / LOCK_NAME).write_text(json.dumps(lock, indent=2, sort_keys=False) + "\n")
         sums = sorted(names + [LOCK_NAME])

@@ -16,14 +16,26 @@ import click
               help="who proposes candidates: an LLM backend (auto = the first configured and reachable of "
                    "openai, ollama, embedded) or a baseline")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the random proposer")
-def deploy(target_name: str, recipe_name: str, out: Path | None, jobs: int | None, agent: str, seed: int) -> None:
+@click.option("--from-lock", "from_lock", type=click.Path(path_type=Path), default=None,
+              help="reproduce a bundle's choice (its folder or haqa.lock.json) on a device of the same kind, "
+                   "without searching; --target defaults to the lock's")
+def deploy(target_name: str, recipe_name: str, out: Path | None, jobs: int | None, agent: str, seed: int,
+           from_lock: Path | None) -> None:
     """Build llama.cpp for the target, quantize and measure the recipe's candidates there, and
     write a bundle (GGUF, haqa.lock.json, run.sh).
 
     \b
     Example:
       haqa deploy --target local --recipe smollm2-135m
+      haqa deploy --from-lock dist/smollm2-135m@local --target my-other-box
     """
+    if from_lock is not None:
+        from haqa.reproduce import deploy_from_lock
+
+        ctx = click.get_current_context()
+        explicit = ctx.get_parameter_source("target_name") == click.core.ParameterSource.COMMANDLINE
+        click.echo(str(deploy_from_lock(from_lock, target_name if explicit else None, out, jobs=jobs)))
+        return
     from haqa.pipeline import deploy as run_deploy
 
     result = run_deploy(target_name, recipe_name, out, jobs=jobs, agent=agent, seed=seed)
