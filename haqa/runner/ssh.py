@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import logging
 import os
 import re
 import select
@@ -37,6 +38,9 @@ _PGID = re.compile(r"^HAQA-PGID (\d+)$")
 # `exec` keeps that pid all the way to the program, so $$ is the group to kill.
 _WRAPPER = 'echo "HAQA-PGID $$" >&2; exec "$@"'
 _TRANSIENT = (socket.error, EOFError, paramiko.SSHException)
+# paramiko logs each refused forward ("Secsh channel open FAILED") and dropped connection itself; haqa
+# reports what matters, so without a logging setup of the user's its records are not printed.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 def _fingerprint(key: paramiko.PKey) -> str:
