@@ -51,7 +51,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from haqa.cli import bench, deploy, doctor, estimate, recipes, synth, targets, toolchain, trials
+    from haqa.cli import bench, deploy, doctor, estimate, recipes, ship, synth, targets, toolchain, trials
 
     cli.add_command(targets.targets)
     cli.add_command(recipes.recipes)
@@ -62,6 +62,7 @@ def _register() -> None:
     cli.add_command(estimate.estimate)
     cli.add_command(bench.bench)
     cli.add_command(trials.trials)
+    cli.add_command(ship.ship)
 
 
 _register()

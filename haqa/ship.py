@@ -1,0 +1,666 @@
+"""`haqa ship`: put a bundle on a device, start it as a service, and check that it answers.
+
+1. Verify the bundle here: every file against SHA256SUMS, and the lock.
+2. Read the device's facts through its runner (haqa/probe.py) and refuse a device the bundle cannot
+   run on: another OS or CPU architecture, a CPU without the features the native build uses, no GPU
+   of the kind it was built for, or too little RAM for the lock's predicted peak plus the headroom.
+3. Upload every file SHA256SUMS lists into `<work dir>/bundles/<recipe>@<target>/` on the device;
+   files already there with the same sha256 are skipped.
+4. Install and start it: a systemd user unit (Linux with a user systemd), a launchd agent (macOS),
+   or else a detached process with a pid file and a log in the install folder.
+5. Health check: wait for /health, then one chat completion through the openai client.
+
+`--ollama` also creates the model in the device's Ollama (the ollama client); `--to-hf` uploads the
+bundle to a Hugging Face repo (huggingface_hub, which uploads through the Hub's xet protocol when
+hf_xet is installed; HF_HUB_DISABLE_XET=1 uses plain LFS uploads, e.g. for an endpoint without xet).
+Every command sent to the device is an argv list; the shell scripts below are constants that take
+every value as a positional argument.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import glob
+import http.client
+import json
+import os
+import plistlib
+import re
+import shlex
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path, PurePath, PurePosixPath
+
+from haqa import __version__, ui
+from haqa.bundle.services import service_name
+from haqa.errors import UserError
+from haqa.hashing import sha256_file
+from haqa.runner.base import Runner
+
+SUMS = "SHA256SUMS"
+LOCK = "haqa.lock.json"
+PROMPT = "In one short sentence: what can you help me with?"
+OLLAMA_PORT = 11434
+LOG_LINES = 40
+_SUM_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
+_HOST = re.compile(r"^[A-Za-z0-9._:-]+$")
+_OLLAMA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+_WILDCARD = ("0.0.0.0", "::")
+_REDEPLOY = "run `haqa deploy` again to write a fresh bundle"
+
+# Detached process fallback (no user systemd): constant scripts, values as "$@". A zombie is not alive.
+_PID = ('alive() { kill -0 "$1" 2>/dev/null && ! grep -q "^State:.*Z" "/proc/$1/status" 2>/dev/null; }; '
+        'pid=$(cat "$1" 2>/dev/null); case $pid in ""|*[!0-9]*) pid= ;; esac; ')
+_RUNNING = _PID + '[ -n "$pid" ] && alive "$pid"'
+# Stop the process the pid file names only if it is this bundle's server (its command line names the
+# install folder), so a pid that another program got since is never signalled.
+_STOP = _PID + (
+    'if [ -n "$pid" ] && alive "$pid" && grep -qF -- "$2/" "/proc/$pid/cmdline" 2>/dev/null; then '
+    'kill -TERM "$pid"; i=0; while alive "$pid" && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; '
+    'alive "$pid" && kill -KILL "$pid"; echo stopped; fi; rm -f "$1"')
+_START = ('command -v setsid >/dev/null 2>&1 || { echo "setsid is not installed on the device" >&2; exit 3; }; '
+          'dir=$1 pidfile=$2 log=$3; shift 3; cd "$dir" || exit 1; '
+          'setsid "$@" </dev/null >"$log" 2>&1 & echo $! >"$pidfile"')
+_HAS_USER_SYSTEMD = "command -v systemctl >/dev/null 2>&1 && systemctl --user show-environment >/dev/null 2>&1"
+_CONFIG_HOME = 'printf "%s" "${XDG_CONFIG_HOME:-$HOME/.config}"'
+
+
+# -- the bundle, verified here ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Bundle:
+    root: Path
+    files: dict[str, str]  # name -> sha256, every file SHA256SUMS lists
+    lock: dict
+    recipe: str
+    label: str  # <recipe>@<target it was made for>: the install folder's name
+    model_file: str
+
+    def lock_value(self, dotted: str):
+        return _lock_value(self.lock, dotted, self.root / LOCK)
+
+
+def _lock_value(lock: dict, dotted: str, where: Path):
+    value = lock
+    for key in dotted.split("."):
+        if not isinstance(value, dict) or key not in value:
+            raise UserError(f"{where} has no '{dotted}': it was written by another haqa version, or edited",
+                            hint=_REDEPLOY)
+        value = value[key]
+    return value
+
+
+def _safe_name(name: str, sums: Path) -> str:
+    p = PurePosixPath(name)
+    if p.is_absolute() or ".." in p.parts or name != str(p):
+        raise UserError(f"{sums} lists '{name}', which is not a plain path inside the bundle; refusing to ship it",
+                        hint=_REDEPLOY)
+    return name
+
+
+def verify_bundle(path: Path) -> Bundle:
+    """The bundle at `path` after checking every file against SHA256SUMS and reading the lock."""
+    root = Path(path)
+    if not root.is_dir():
+        raise UserError(f"{root} is not a bundle folder",
+                        hint="ship the folder `haqa deploy` wrote, like dist/smollm2-135m@local/")
+    sums = root / SUMS
+    if not sums.is_file():
+        raise UserError(f"{root} has no {SUMS}, so its files cannot be checked", hint=_REDEPLOY)
+    files: dict[str, str] = {}
+    for n, line in enumerate(sums.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        m = _SUM_LINE.match(line)
+        if not m:
+            raise UserError(f"{sums}, line {n}, is not '<sha256>  <file>': {line[:80]!r}", hint=_REDEPLOY)
+        files[_safe_name(m.group(2), sums)] = m.group(1)
+    for name, digest in sorted(files.items()):
+        f = root / name
+        if not f.is_file():
+            raise UserError(f"{f} is listed in {SUMS} but missing", hint=f"the bundle is incomplete; {_REDEPLOY}")
+        if (got := sha256_file(f)) != digest:
+            raise UserError(f"{f} does not match {SUMS} (sha256 {got[:16]}..., expected {digest[:16]}...): "
+                            "the bundle was changed or damaged; refusing to ship it", hint=_REDEPLOY)
+    if LOCK not in files:
+        raise UserError(f"{SUMS} in {root} does not list {LOCK}", hint=_REDEPLOY)
+    try:
+        lock = json.loads((root / LOCK).read_text())
+    except ValueError as e:
+        raise UserError(f"{root / LOCK} is not valid JSON: {e}", hint=_REDEPLOY) from None
+    if not isinstance(lock, dict):
+        raise UserError(f"{root / LOCK} is not a JSON object", hint=_REDEPLOY)
+    if not isinstance(lock.get("files", {}), dict):
+        raise UserError(f"{root / LOCK}: 'files' is not a table of file hashes", hint=_REDEPLOY)
+    for name, digest in lock.get("files", {}).items():
+        if files.get(name) != digest:
+            raise UserError(f"{LOCK} and {SUMS} disagree about {name}", hint=_REDEPLOY)
+    recipe = _lock_value(lock, "recipe.name", root / LOCK)
+    model_file = f"{recipe}-{_lock_value(lock, 'model.file_type', root / LOCK)}.gguf"
+    for needed in (model_file, "run.sh", "bin/llama-server"):
+        if needed not in files:
+            raise UserError(f"{SUMS} in {root} does not list {needed}", hint=_REDEPLOY)
+    for key in ("target.facts.os", "target.facts.hardware.arch"):
+        _lock_value(lock, key, root / LOCK)
+    if not isinstance(_lock_value(lock, "metrics.memory.deployment_predicted.host_bytes", root / LOCK), (int, float)):
+        raise UserError(f"{root / LOCK}: metrics.memory.deployment_predicted.host_bytes is not a number", hint=_REDEPLOY)
+    unlisted = sorted(rel for p in root.rglob("*") if p.is_file()
+                      and (rel := p.relative_to(root).as_posix()) != SUMS and rel not in files)
+    if unlisted:
+        ui.note(f"not listed in {SUMS}, so not shipped: {', '.join(unlisted)}")
+    return Bundle(root=root, files=files, lock=lock, recipe=recipe,
+                  label=f"{recipe}@{_lock_value(lock, 'target.name', root / LOCK)}", model_file=model_file)
+
+
+# -- the device --------------------------------------------------------------------------------------
+
+def device_problems(bundle: Bundle, facts: dict, headroom_gib: float) -> list[str]:
+    """Why the bundle cannot run on a device with these probed facts (empty: it can)."""
+    built = bundle.lock_value("target.facts")
+    hw = built["hardware"]
+    # llama.cpp builds natively (GGML_NATIVE) unless told otherwise: the server uses every feature of the
+    # CPU it was built on, and stops at the first instruction a CPU without one cannot run.
+    native = (bundle.lock.get("llama_cpp") or {}).get("cmake_options", {}).get("GGML_NATIVE", "ON") != "OFF"
+    problems = []
+    if facts.get("os") != built["os"]:
+        problems.append(f"the bundle is for {built['os']}, the device runs {facts.get('os') or 'an unknown OS'}")
+    if facts.get("arch") != hw["arch"]:
+        problems.append(f"the bundled llama-server is a native {hw['arch']} program, the device's CPU is "
+                        f"{facts.get('arch') or 'unknown'}")
+    elif native and hw.get("cpu_features"):
+        if "cpu_features" not in facts:
+            problems.append("the device's CPU features could not be read (/proc/cpuinfo or sysctl), so it is "
+                            "unknown whether it runs the natively built llama-server")
+        elif missing := sorted(set(hw["cpu_features"]) - set(facts["cpu_features"])):
+            problems.append(f"the bundled llama-server was built for the CPU it was measured on (GGML_NATIVE), "
+                            f"which has {', '.join(missing)}; the device's CPU does not")
+    if hw.get("gpu", {}).get("kind") == "cuda" and (facts.get("gpu") or {}).get("kind") != "cuda":
+        problems.append("the bundled llama-server was built with CUDA; the device has no NVIDIA GPU "
+                        "(nvidia-smi and /etc/nv_tegra_release found none)")
+    predicted = bundle.lock_value("metrics.memory.deployment_predicted")
+    need = float(predicted["host_bytes"])
+    ctx = (bundle.lock.get("runtime") or {}).get("ctx_size", "?")
+    ram = facts.get("ram_gib")
+    if not ram:
+        problems.append("the device's RAM could not be read (/proc/meminfo or sysctl hw.memsize), so the "
+                        "bundle's fit cannot be checked")
+    elif need + headroom_gib * 2**30 > ram * 2**30:
+        problems.append(f"the memory model predicts a peak of {need / 2**30:.2f} GiB in RAM (context {ctx}); "
+                        f"with the target's {headroom_gib:g} GiB headroom that needs "
+                        f"{need / 2**30 + headroom_gib:.2f} GiB, and the device has {ram:g} GiB")
+    gpu_need = float(predicted.get("gpu_bytes") or 0)
+    gpu_mem = (facts.get("gpu") or {}).get("memory_gib")
+    if gpu_need and gpu_mem and gpu_need > gpu_mem * 2**30:
+        problems.append(f"the memory model predicts {gpu_need / 2**30:.2f} GiB on the GPU, which has {gpu_mem:g} GiB")
+    return problems
+
+
+def install_dir(runner: Runner, bundle: Bundle) -> PurePath:
+    return runner.dir("bundles", bundle.label)
+
+
+def _executable(name: str) -> bool:
+    return name == "run.sh" or name.startswith("bin/")
+
+
+def _check(runner: Runner, argv: list[str], what: str, timeout: float = 120):
+    r = runner.run(argv, timeout=timeout)
+    if not r.ok:
+        raise UserError(f"{what} failed on the device (exit {r.returncode}): {r.stderr_tail[-800:] or r.stdout[-800:]}")
+    return r
+
+
+def upload(runner: Runner, bundle: Bundle, dest: PurePath) -> tuple[int, int]:
+    """Every listed file into dest (skipped when the device has it with the same sha256), modes set,
+    and files of an earlier bundle that this one no longer has removed. Returns (sent, already there)."""
+    runner.mkdir(dest)
+    sent = 0
+    for name in sorted(bundle.files):
+        sent += runner.put(bundle.root / name, dest / name)
+    run_bits = [str(dest / n) for n in sorted(bundle.files) if _executable(n)]
+    plain = [str(dest / n) for n in sorted(bundle.files) if not _executable(n)]
+    _check(runner, ["chmod", "0755", *run_bits], "setting file modes")
+    _check(runner, ["chmod", "0644", *plain], "setting file modes")
+    keep = {str(dest / n) for n in bundle.files} | {str(dest / n) + ".sha256.json" for n in bundle.files}
+    keep |= {str(dest / ProcessService.PIDFILE), str(dest / ProcessService.LOG)}
+    listed = _check(runner, ["find", str(dest), "-type", "f"], "listing the install folder").stdout
+    stale = [p for p in listed.splitlines() if p and p not in keep]
+    if stale:
+        _check(runner, ["rm", "-f", "--", *stale], "removing files of an earlier bundle")
+        ui.note(f"removed {len(stale)} file(s) an earlier bundle left in {dest}")
+    return sent, len(bundle.files) - sent
+
+
+# -- services: how the server is kept running on the device ---------------------------------------
+
+class Service(abc.ABC):
+    mode: str
+
+    def __init__(self, runner: Runner, bundle: Bundle, dest: PurePath, host: str, port: int):
+        self.runner, self.bundle, self.dest, self.host, self.port = runner, bundle, dest, host, port
+
+    @property
+    def command(self) -> list[str]:
+        return [str(self.dest / "run.sh"), "--host", self.host, "--port", str(self.port)]
+
+    @abc.abstractmethod
+    def stop(self) -> bool:
+        """Stop this bundle's server if it runs; True when one was stopped."""
+
+    @abc.abstractmethod
+    def start(self) -> None: ...
+
+    @abc.abstractmethod
+    def running(self) -> bool: ...
+
+    @abc.abstractmethod
+    def log_tail(self) -> str: ...
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """What was installed, and how to look at it or stop it."""
+
+    def _tail(self, path: PurePath) -> str:
+        return self.runner.run(["tail", "-n", str(LOG_LINES), str(path)], timeout=60).stdout
+
+
+class SystemdUserService(Service):
+    mode = "systemd user unit"
+
+    @property
+    def unit(self) -> str:
+        return f"{service_name(self.bundle.recipe)}.service"
+
+    def _systemctl(self, *args: str, check: bool = True):
+        argv = ["systemctl", "--user", *args]
+        return _check(self.runner, argv, " ".join(argv)) if check else self.runner.run(argv, timeout=120)
+
+    def stop(self) -> bool:
+        was_running = self.running()
+        self._systemctl("stop", self.unit, check=False)  # also ends a unit waiting to restart after a crash
+        return was_running
+
+    def start(self) -> None:
+        config = _check(self.runner, ["sh", "-c", _CONFIG_HOME], "finding the user's config folder").stdout.strip()
+        self.runner.write_text(PurePosixPath(config) / "systemd" / "user" / self.unit,
+                               systemd_unit(self.bundle.label, self.command))
+        self._systemctl("daemon-reload")
+        self._systemctl("enable", "--now", self.unit)
+        linger = self.runner.run(["sh", "-c", 'loginctl show-user "$(id -un)" --property=Linger --value'], timeout=60)
+        if linger.ok and linger.stdout.strip() == "no":
+            ui.note("user services stop when the user's last session ends; keep it running with "
+                    "`loginctl enable-linger` on the device")
+
+    def running(self) -> bool:
+        return self._systemctl("is-active", "--quiet", self.unit, check=False).ok
+
+    def log_tail(self) -> str:
+        return self.runner.run(["journalctl", "--user", "-u", self.unit, "-n", str(LOG_LINES), "--no-pager",
+                                "-o", "cat"], timeout=60).stdout
+
+    def describe(self) -> str:
+        return (f"{self.unit} (enabled: starts with the user's systemd); "
+                f"`systemctl --user status {self.unit}`, `journalctl --user -u {self.unit}`")
+
+
+class LaunchdService(Service):
+    mode = "launchd agent"
+    LOG = "server.log"
+
+    @property
+    def label(self) -> str:
+        return f"dev.haqa.{self.bundle.recipe}"
+
+    def _domain(self) -> str:
+        return "gui/" + _check(self.runner, ["id", "-u"], "reading the user id").stdout.strip()
+
+    def stop(self) -> bool:
+        return self.runner.run(["launchctl", "bootout", f"{self._domain()}/{self.label}"], timeout=120).ok
+
+    def start(self) -> None:
+        home = _check(self.runner, ["sh", "-c", 'printf "%s" "$HOME"'], "finding the user's home").stdout.strip()
+        plist = PurePosixPath(home) / "Library" / "LaunchAgents" / f"{self.label}.plist"
+        self.runner.write_text(plist, launchd_plist(self.label, self.command, self.dest / self.LOG))
+        _check(self.runner, ["launchctl", "bootstrap", self._domain(), str(plist)], "launchctl bootstrap")
+
+    def running(self) -> bool:
+        r = self.runner.run(["launchctl", "print", f"{self._domain()}/{self.label}"], timeout=60)
+        return r.ok and "state = running" in r.stdout
+
+    def log_tail(self) -> str:
+        return self._tail(self.dest / self.LOG)
+
+    def describe(self) -> str:
+        return f"{self.label} (loaded at login); `launchctl print gui/$(id -u)/{self.label}`, log {self.dest / self.LOG}"
+
+
+class ProcessService(Service):
+    mode = "detached process"
+    PIDFILE = "server.pid"
+    LOG = "server.log"
+
+    def stop(self) -> bool:
+        r = _check(self.runner, ["sh", "-c", _STOP, "haqa-ship", str(self.dest / self.PIDFILE), str(self.dest)],
+                   "stopping the previous server")
+        return "stopped" in r.stdout
+
+    def start(self) -> None:
+        _check(self.runner, ["sh", "-c", _START, "haqa-ship", str(self.dest), str(self.dest / self.PIDFILE),
+                             str(self.dest / self.LOG), *self.command], "starting llama-server")
+
+    def running(self) -> bool:
+        return self.runner.run(["sh", "-c", _RUNNING, "haqa-ship", str(self.dest / self.PIDFILE)], timeout=60).ok
+
+    def log_tail(self) -> str:
+        return self._tail(self.dest / self.LOG)
+
+    def describe(self) -> str:
+        pidfile = shlex.quote(str(self.dest / self.PIDFILE))
+        return (f"pid in {self.dest / self.PIDFILE}, log {self.dest / self.LOG}; not restarted after a reboot; "
+                f"stop it with `kill $(cat {pidfile})`")
+
+
+def systemd_unit(label: str, command: list[str]) -> str:
+    def quote(arg: str, program: bool) -> str:
+        """systemd's quoting: C escapes inside "...", %% for a literal %, and $$ for a literal $ in the
+        arguments (the program's path is not subject to variable expansion)."""
+        arg = arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+        return '"' + (arg if program else arg.replace("$", "$$")) + '"'
+
+    return "\n".join([
+        f"# systemd user unit written by `haqa ship` (haqa {__version__}) for {label}.",
+        "[Unit]",
+        f"Description=llama-server for {label} (haqa bundle)",
+        "After=network-online.target",
+        "",
+        "[Service]",
+        "Type=simple",
+        "ExecStart=" + " ".join(quote(a, i == 0) for i, a in enumerate(command)),
+        "Restart=on-failure",
+        "RestartSec=5",
+        "NoNewPrivileges=true",
+        "",
+        "[Install]",
+        "WantedBy=default.target",
+        "",
+    ])
+
+
+def launchd_plist(label: str, command: list[str], log: PurePath) -> str:
+    return plistlib.dumps({
+        "Label": label, "ProgramArguments": command, "RunAtLoad": True, "KeepAlive": {"SuccessfulExit": False},
+        "StandardOutPath": str(log), "StandardErrorPath": str(log),
+    }).decode()
+
+
+def choose_service(runner: Runner, facts: dict, bundle: Bundle, dest: PurePath, host: str, port: int) -> Service:
+    if facts.get("os") == "macos":
+        return LaunchdService(runner, bundle, dest, host, port)
+    if runner.run(["sh", "-c", _HAS_USER_SYSTEMD], timeout=60).ok:
+        return SystemdUserService(runner, bundle, dest, host, port)
+    return ProcessService(runner, bundle, dest, host, port)
+
+
+# -- health check ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Health:
+    tokens: int
+    seconds: float
+    reply: str
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy
+
+
+def _http_status(url: str, timeout: float = 5) -> int | None:
+    """The HTTP status url answers with, or None when nothing answers."""
+    try:
+        with _NO_PROXY.open(url, timeout=timeout) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (OSError, http.client.HTTPException):
+        return None
+
+
+def _failed(service: Service, message: str) -> UserError:
+    tail = service.log_tail().rstrip()
+    return UserError(f"{message}; the last lines of its log:\n{tail or '(empty)'}",
+                     hint=f"the server is installed as a {service.mode}: {service.describe()}")
+
+
+def health_check(service: Service, base: str, alias: str, wait_s: float) -> Health:
+    """Wait (at most wait_s) for llama-server's /health, then time one chat completion."""
+    import httpx
+    import openai
+
+    deadline = time.monotonic() + wait_s
+    next_look = 0.0
+    while (status := _http_status(f"{base}/health")) != 200:
+        if time.monotonic() >= next_look:
+            if not service.running():
+                raise _failed(service, "llama-server stopped before it answered /health")
+            next_look = time.monotonic() + 2
+        if time.monotonic() > deadline:
+            raise _failed(service, f"llama-server did not answer /health within {wait_s:g} s "
+                                   f"(last answer: {status or 'none'})")
+        time.sleep(0.5)
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key="haqa-ship", max_retries=0, timeout=max(wait_s, 60),
+                           http_client=httpx.Client(trust_env=False))
+    start = time.perf_counter()
+    try:
+        reply = client.chat.completions.create(model=alias, messages=[{"role": "user", "content": PROMPT}],
+                                               max_tokens=32, temperature=0)
+    except openai.OpenAIError as e:
+        raise _failed(service, f"the chat completion failed: {e}") from None
+    finally:
+        client.close()
+    seconds = time.perf_counter() - start
+    tokens = reply.usage.completion_tokens if reply.usage else 0
+    text = (reply.choices[0].message.content or "").strip() if reply.choices else ""
+    if tokens <= 0 or not text:
+        raise _failed(service, "the chat completion came back without any generated tokens")
+    return Health(tokens=tokens, seconds=seconds, reply=text)
+
+
+# -- Ollama and the Hugging Face Hub -----------------------------------------------------------------
+
+def ollama_parameters(bundle: Bundle) -> dict[str, int | float | str]:
+    """The PARAMETER lines of the bundle's Modelfile, as the values Ollama's API takes."""
+    if "Modelfile" not in bundle.files:
+        raise UserError(f"{bundle.root} has no Modelfile, so the Ollama parameters are unknown", hint=_REDEPLOY)
+    params: dict[str, int | float | str] = {}
+    for line in (bundle.root / "Modelfile").read_text().splitlines():
+        parts = line.split(None, 2)
+        if len(parts) == 3 and parts[0] == "PARAMETER":
+            value = parts[2].strip()
+            try:
+                params[parts[1]] = int(value)
+            except ValueError:
+                try:
+                    params[parts[1]] = float(value)
+                except ValueError:
+                    params[parts[1]] = value
+    return params
+
+
+def ollama_client(url: str, where: str):
+    """An ollama client for url, once a server answers there."""
+    import httpx
+    import ollama
+
+    client = ollama.Client(host=url, trust_env=False, timeout=600)
+    try:
+        client.list()
+    except (ConnectionError, httpx.HTTPError, ollama.ResponseError) as e:
+        raise UserError(f"no Ollama server answers {where} ({type(e).__name__})",
+                        hint="start Ollama there (`ollama serve`), point --ollama-host at one, "
+                             "or leave out --ollama") from None
+    return client
+
+
+def create_ollama_model(client, bundle: Bundle, name: str) -> str:
+    """Upload the GGUF as a blob and create `name` from it with the Modelfile's parameters; returns
+    the blob's digest."""
+    import httpx
+    import ollama
+
+    params = ollama_parameters(bundle)
+    try:
+        digest = client.create_blob(bundle.root / bundle.model_file)
+        client.create(model=name, files={bundle.model_file: digest}, parameters=params, stream=False)
+    except ollama.ResponseError as e:
+        raise UserError(f"Ollama refused to create {name}: {e.error} (HTTP {e.status_code})") from None
+    except (ConnectionError, httpx.HTTPError) as e:
+        raise UserError(f"lost the Ollama server while creating {name}: {type(e).__name__}: {e}") from None
+    return digest
+
+
+def push_to_hub(bundle: Bundle, repo: str, private: bool) -> str:
+    """create_repo (exist_ok) and upload_folder of every listed file plus SHA256SUMS; the commit URL."""
+    import httpx
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.errors import HfHubHTTPError
+
+    token = get_token()
+    if not token:
+        raise UserError("no Hugging Face token for --to-hf",
+                        hint="set HF_TOKEN, or run `hf auth login` once (the token is never printed)")
+
+    def redact(text: str) -> str:
+        return text.replace(token, "***")
+
+    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
+    try:
+        api.create_repo(repo, exist_ok=True, private=private or None)
+        info = api.upload_folder(repo_id=repo, folder_path=bundle.root,
+                                 allow_patterns=[glob.escape(n) for n in sorted([*bundle.files, SUMS])],
+                                 commit_message=f"haqa bundle {bundle.label}")
+    except HfHubHTTPError as e:
+        raise UserError(f"the Hub refused the upload to {repo}: {redact(str(e)).splitlines()[0]}",
+                        hint="check the repo name and that the token may write to it") from None
+    except (httpx.HTTPError, OSError, ValueError) as e:
+        raise UserError(f"uploading to {repo} failed: {type(e).__name__}: {redact(str(e))}",
+                        hint="check the network and HF_ENDPOINT") from None
+    return info.commit_url
+
+
+# -- the command -------------------------------------------------------------------------------------
+
+@dataclass
+class ShipResult:
+    bundle: Bundle
+    device: str | None = None
+    endpoint: str | None = None
+    mode: str | None = None
+    health: Health | None = None
+    ollama_model: str | None = None
+    hf_commit_url: str | None = None
+
+
+def ship(bundle_path: Path, *, target_name: str | None, host: str = "127.0.0.1", port: int = 8080,
+         wait_s: float = 120, ollama: bool = False, ollama_host: str | None = None, ollama_name: str | None = None,
+         hf_repo: str | None = None, hf_private: bool = False) -> ShipResult:
+    if not (target_name or hf_repo or ollama):
+        raise UserError("say where to ship the bundle", hint="--target T (a device), --to-hf REPO, or both")
+    if (ollama_host or ollama_name) and not ollama:
+        raise UserError("--ollama-host and --ollama-name go with --ollama")
+    if ollama and not (target_name or ollama_host):
+        raise UserError("--ollama needs --target (the device's Ollama) or --ollama-host URL")
+    if not _HOST.match(host):
+        raise UserError(f"--host {host!r} is not an address", hint="an IP address like 127.0.0.1 or 0.0.0.0, or a host name")
+    if ollama_host is not None and not re.match(r"^https?://[^\s/]+/?$", ollama_host):
+        raise UserError(f"--ollama-host {ollama_host!r} is not an http(s) URL", hint="like http://192.168.1.20:11434")
+    if ollama_name is not None and not _OLLAMA_NAME.match(ollama_name):
+        raise UserError(f"--ollama-name {ollama_name!r} is not an Ollama model name",
+                        hint="letters, digits, '.', '_', '-', ':' and '/'")
+    bundle = verify_bundle(bundle_path)
+    ui.step(f"bundle {bundle.label}: {len(bundle.files)} files match {SUMS}")
+    params = ollama_parameters(bundle) if ollama else {}
+    result = ShipResult(bundle=bundle)
+    with contextlib.ExitStack() as stack:
+        runner = target = ollama_api = None
+        if target_name:
+            from haqa.config import load_target
+            from haqa.runner import runner_for
+
+            target = load_target(target_name)
+            runner = runner_for(target)
+            stack.callback(runner.close)
+            result.device = target.name
+        if ollama:  # asked for: check that it answers before anything is shipped
+            if ollama_host:
+                ollama_api = ollama_client(ollama_host, f"at {ollama_host}")
+            else:
+                addr = stack.enter_context(runner.forward(OLLAMA_PORT))
+                ollama_api = ollama_client(_url(*addr), f"on {target.name} (port {OLLAMA_PORT} there)")
+        if runner is not None:
+            _ship_to_device(runner, target, bundle, host, port, wait_s, result)
+        if ollama_api is not None:
+            name = ollama_name or f"{bundle.recipe}-haqa"
+            digest = create_ollama_model(ollama_api, bundle, name)
+            ui.step(f"Ollama model {name} created from {bundle.model_file} ({digest[:19]}...) with "
+                    f"{', '.join(f'{k} {v}' for k, v in params.items())}")
+            result.ollama_model = name
+    if hf_repo:
+        ui.step(f"uploading {bundle.label} to the Hugging Face repo {hf_repo}")
+        result.hf_commit_url = push_to_hub(bundle, hf_repo, hf_private)
+    return result
+
+
+def _ship_to_device(runner: Runner, target, bundle: Bundle, host: str, port: int, wait_s: float,
+                    result: ShipResult) -> None:
+    from haqa.probe import remote_facts
+
+    ui.step(f"reading the facts of {target.name}")
+    facts, _ = remote_facts(runner)
+    predicted = bundle.lock_value("metrics.memory.deployment_predicted.host_bytes")
+    ui.note(f"device: {facts.get('os', '?')} {facts.get('arch', '?')}, {facts.get('ram_gib', '?')} GiB RAM (read from "
+            f"the device); bundle: {bundle.lock_value('target.facts.os')} "
+            f"{bundle.lock_value('target.facts.hardware.arch')}, peak {predicted / 2**30:.2f} GiB (predicted) "
+            f"+ {target.limits.memory_headroom_gib:g} GiB headroom")
+    if problems := device_problems(bundle, facts, target.limits.memory_headroom_gib):
+        raise UserError(f"{bundle.label} cannot run on {target.name}: " + "; ".join(problems),
+                        hint="deploy the recipe for this device (`haqa deploy --target "
+                             f"{target.name} --recipe {bundle.recipe}`) and ship that bundle")
+    dest = install_dir(runner, bundle)
+    sent, there = upload(runner, bundle, dest)
+    ui.step(f"uploaded {sent} file(s), {there} already on the device (same sha256), into {dest}")
+
+    service = choose_service(runner, facts, bundle, dest, host, port)
+    if service.stop():
+        ui.note(f"stopped the running server of {bundle.label} ({service.mode})")
+    connect_host = "127.0.0.1" if host in _WILDCARD else host
+    with runner.forward(port, connect_host) as addr:
+        base = _url(*addr)
+        if (status := _http_status(f"{base}/health", timeout=3)) is not None:
+            raise UserError(f"port {port} on {target.name} is already in use (something answered HTTP {status})",
+                            hint="stop that server, or choose another port with --port")
+        service.start()
+        ui.step(f"started llama-server as a {service.mode} on {host}:{port} of {target.name}")
+        if service.mode == ProcessService.mode:
+            ui.note("no user systemd on the device (`systemctl --user` does not answer), so it runs as a "
+                    "detached process with a pid file")
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            ui.note(f"llama-server listens on {host}:{port}: other machines can reach it, without authentication")
+        health = health_check(service, base, bundle.recipe, wait_s)
+    words = " ".join(health.reply.split()[:12])
+    ui.step(f"health check passed: {health.tokens} tokens in {health.seconds:.2f} s = {health.tokens_per_s:.1f} tok/s")
+    ui.note("tok/s seen by the client: one chat completion through the openai client, wall time including prompt "
+            "processing and HTTP; not a benchmark (the lock has the measured speeds)")
+    ui.note(f"reply: {words}{'...' if len(health.reply.split()) > 12 else ''}")
+    ui.note(f"{service.mode}: {service.describe()}")
+    reach = (target.connect.host or "127.0.0.1") if host in _WILDCARD else host
+    result.endpoint, result.mode, result.health = f"{_url(reach, port)}/v1", service.mode, health

@@ -1,0 +1,487 @@
+"""`haqa ship`: a bundle checked, uploaded by hash, started and health-checked on a device.
+
+The device is this machine behind the real OpenSSH server of conftest (no user systemd there, so the
+server runs as a detached process). The slow tests ship a real bundle: the real SmolLM2 GGUF and the
+static llama-server from the cached toolchain, answering a real chat completion through the openai
+client. Fast tests ship a small bundle (a tiny GGUF, and a placeholder where llama-server goes, which
+they never start) to check what is refused before anything runs. Neither an Ollama server nor the
+Hugging Face Hub can run here, so stand-in HTTP servers record the exact requests their clients send.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import http.client
+import http.server
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from haqa.bundle import write_bundle
+from haqa.hashing import sha256_file
+from haqa.probe import local_facts
+from haqa.runtime import RuntimeConfig
+from tests.conftest import REPO, connect_for, free_port, write_tiny_gguf
+
+RECIPE = "smollm2-135m"
+LABEL = f"{RECIPE}@local"
+CONFIG = RuntimeConfig(threads=2, ctx_size=512, batch_size=512)
+
+
+# -- bundles -------------------------------------------------------------------------------------
+
+def make_bundle(out: Path, model: Path, server: Path, *, peak_bytes: int, cmake_options: dict | None = None) -> Path:
+    """A bundle as `haqa deploy` writes it, with a lock made for this machine (the `local` target)."""
+    facts = local_facts()
+    target = {"name": "local", "os": facts.pop("os"), "hardware": facts, "limits": {"memory_headroom_gib": 1.0}}
+    lock = {
+        "target": {"name": "local", "facts": target},
+        "recipe": {"name": RECIPE},
+        "llama_cpp": {"cmake_options": cmake_options or {}},
+        "model": {"file_type": "Q4_1"},
+        "runtime": {**CONFIG.as_dict(), "server_args": CONFIG.server_args()},
+        "metrics": {"memory": {"deployment_predicted": {"host_bytes": peak_bytes, "gpu_bytes": 0,
+                                                        "basis": "predicted (haqa memory model)"}}},
+    }
+    return write_bundle(out, model=model, model_name=f"{RECIPE}-Q4_1.gguf", server_binary=server, lock=lock,
+                        server_args=CONFIG.server_args(), label=LABEL, alias=RECIPE, config=CONFIG, recipe=RECIPE)
+
+
+@pytest.fixture
+def small_bundle(tmp_path) -> Path:
+    """A tiny GGUF, and a placeholder llama-server: for tests that must refuse before anything runs."""
+    placeholder = tmp_path / "placeholder-server"
+    placeholder.write_text("#!/bin/sh\necho 'placeholder: never started by these tests' >&2\nexit 1\n")
+    return make_bundle(tmp_path / "dist" / LABEL, write_tiny_gguf(tmp_path / "tiny.gguf"), placeholder,
+                       peak_bytes=64 * 2**20)
+
+
+def edit_lock(bundle: Path, change) -> None:
+    """Change the lock and write SHA256SUMS again, as a bundle made for another device would have."""
+    lock_file = bundle / "haqa.lock.json"
+    lock = json.loads(lock_file.read_text())
+    change(lock)
+    lock_file.unlink()  # a new file: never write through a hard link into haqa's cache
+    lock_file.write_text(json.dumps(lock))
+    sums = bundle / "SHA256SUMS"
+    lines = [f"{sha256_file(lock_file)}  haqa.lock.json" if line.endswith("  haqa.lock.json") else line
+             for line in sums.read_text().splitlines()]
+    sums.unlink()
+    sums.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def real_parts() -> tuple[Path, Path]:
+    """The real SmolLM2 GGUF and the static llama-server built for this machine (haqa's cache)."""
+    from haqa.config import find_file, load_recipe, load_target
+    from haqa.model.source import resolve_model
+    from haqa.runner import LocalRunner
+    from haqa.toolchain import ensure_toolchain
+
+    toolchain = ensure_toolchain(LocalRunner(), load_target("local"))
+    model = resolve_model(load_recipe(RECIPE), find_file("recipes", RECIPE).parent)
+    return model.path, Path(toolchain.bin("llama-server"))
+
+
+@pytest.fixture
+def real_bundle(real_parts, tmp_path) -> Path:
+    from haqa.model import memory
+
+    model, server = real_parts
+    facts = local_facts()
+    peak = memory.predict(memory.ModelShape.from_gguf(model), n_ctx=CONFIG.ctx_size, ubatch=CONFIG.ubatch_size,
+                          batch=CONFIG.batch_size, arch=facts["arch"], cpu_features=facts["cpu_features"])
+    return make_bundle(tmp_path / "dist" / LABEL, model, server, peak_bytes=round(peak.host))
+
+
+# -- the device ----------------------------------------------------------------------------------
+
+def _alive(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+def _stop(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def device(project, sshd, tmp_path, monkeypatch, request) -> Path:
+    """targets/loop.toml: this machine through the test sshd, with a work folder of its own. Returns
+    the folder the bundle is installed in there; a server left running there is stopped afterwards."""
+    monkeypatch.setenv("HAQA_HOME", str(tmp_path / "haqa-home"))
+    workdir = tmp_path / "device"
+    project.write("targets/loop.toml", sshd.target_toml("loop", workdir))
+    install = workdir / "bundles" / LABEL
+
+    def stop_server() -> None:
+        pidfile = install / "server.pid"
+        if pidfile.exists():
+            _stop(int(pidfile.read_text()))
+
+    request.addfinalizer(stop_server)
+    return install
+
+
+def _no_traceback(err: str) -> None:
+    assert "Traceback" not in err and "internal error" not in err
+
+
+def _tok_per_s(err: str) -> float:
+    m = re.search(r"health check passed: (\d+) tokens in ([\d.]+) s = ([\d.]+) tok/s", err)
+    assert m, err
+    return float(m.group(3))
+
+
+# -- stand-in HTTP servers -----------------------------------------------------------------------
+
+class StandIn:
+    """An HTTP server on 127.0.0.1 that records every request (method, path, headers, body) and
+    answers with `answer(method, path, body) -> (status, json)`."""
+
+    def __init__(self, answer, port: int = 0):
+        self.requests: list[dict] = []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    data = b""
+                    while (size := int(self.rfile.readline().split(b";")[0], 16)) > 0:
+                        data += self.rfile.read(size)
+                        self.rfile.readline()
+                    self.rfile.readline()
+                    return data
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _handle(self) -> None:
+                body = self._body()
+                owner.requests.append({"method": self.command, "path": self.path,
+                                       "headers": {k.lower(): v for k, v in self.headers.items()},
+                                       "body": body})
+                status, reply = answer(self.command, self.path, body)
+                data = json.dumps(reply).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_HEAD = _handle
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> "StandIn":
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def ollama_answer(method: str, path: str, body: bytes):
+    if path == "/api/tags":
+        return 200, {"models": []}
+    if path.startswith("/api/blobs/sha256:"):
+        return (201, {}) if hashlib.sha256(body).hexdigest() == path.rsplit(":", 1)[1] else (400, {"error": "digest"})
+    if path == "/api/create":
+        return 200, {"status": "success"}
+    return 404, {"error": "not found"}
+
+
+# -- fast: runner forwarding, refusals, clients ---------------------------------------------------
+
+def test_forward_reaches_a_port_on_the_device_and_closes_a_refused_one(sshd, tmp_path):
+    from haqa.runner.ssh import SshRunner
+
+    runner = SshRunner(connect_for(sshd, tmp_path), label="loop")
+    try:
+        with StandIn(lambda m, p, b: (200, {"path": p})) as web:
+            port = int(web.url.rsplit(":", 1)[1])
+            with runner.forward(port) as (host, local_port):
+                assert local_port != port
+                with urllib.request.urlopen(f"http://{host}:{local_port}/x", timeout=10) as r:
+                    assert json.load(r) == {"path": "/x"}
+        with runner.forward(free_port()) as (host, local_port):
+            start = time.monotonic()
+            with pytest.raises((OSError, http.client.HTTPException)):
+                urllib.request.urlopen(f"http://{host}:{local_port}/", timeout=10)
+            assert time.monotonic() - start < 5  # refused at once, not after a timeout
+    finally:
+        runner.close()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: ((b / "run.sh").unlink(), (b / "run.sh").write_text("#!/bin/sh\nexec evil\n")),
+     "run.sh does not match SHA256SUMS"),
+    (lambda b: (b / "Modelfile").unlink(), "Modelfile is listed in SHA256SUMS but missing"),
+    (lambda b: (b / "SHA256SUMS").write_text((b / "SHA256SUMS").read_text() + f"{'0' * 64}  ../../.ssh/x\n"),
+     "not a plain path inside the bundle"),
+])
+def test_a_damaged_bundle_is_refused_before_anything_is_uploaded(small_bundle, device, haqa, damage, message):
+    damage(small_bundle)
+    code, out, err = haqa("ship", str(small_bundle), "--target", "loop")
+    assert code == 2, err
+    assert message in err and "hint:" in err, err
+    _no_traceback(err)
+    assert not device.parent.exists()  # nothing reached the device
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda lock: lock["target"]["facts"].update(os="macos"), "the bundle is for macos, the device runs linux"),
+    (lambda lock: lock["target"]["facts"]["hardware"].update(arch="aarch64"),
+     "the bundled llama-server is a native aarch64 program, the device's CPU is x86_64"),
+    (lambda lock: lock["target"]["facts"]["hardware"]["cpu_features"].append("sve2"),
+     "built for the CPU it was measured on (GGML_NATIVE), which has sve2"),
+    (lambda lock: lock["metrics"]["memory"]["deployment_predicted"].update(host_bytes=4096 * 2**30),
+     "the memory model predicts a peak of 4096.00 GiB in RAM (context 512); with the target's 1 GiB headroom "
+     "that needs 4097.00 GiB, and the device has"),
+])
+def test_a_device_the_bundle_does_not_fit_is_refused_with_the_reason(small_bundle, device, haqa, change, reason):
+    if local_facts()["arch"] != "x86_64":
+        pytest.skip("the expected messages name this machine as x86_64")
+    edit_lock(small_bundle, change)
+    code, out, err = haqa("ship", str(small_bundle), "--target", "loop")
+    assert code == 2, err
+    assert f"{LABEL} cannot run on loop: " in err and reason in err, err
+    assert "hint: deploy the recipe for this device" in err
+    _no_traceback(err)
+    assert not device.parent.exists()
+
+
+def test_a_port_in_use_on_the_device_is_refused(small_bundle, device, haqa):
+    with StandIn(lambda m, p, b: (200, {"status": "ok"})) as other:
+        port = other.url.rsplit(":", 1)[1]
+        code, out, err = haqa("ship", str(small_bundle), "--target", "loop", "--port", port)
+    assert code == 2, err
+    assert f"port {port} on loop is already in use (something answered HTTP 200)" in err and "--port" in err
+    _no_traceback(err)
+    assert not (device / "server.pid").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "say where to ship the bundle"),
+    (["--target", "loop", "--ollama-name", "x"], "--ollama-host and --ollama-name go with --ollama"),
+    (["--ollama"], "--ollama needs --target"),
+    (["--target", "loop", "--host", "a b"], "is not an address"),
+    (["--ollama", "--ollama-host", "127.0.0.1:11434"], "is not an http(s) URL"),
+])
+def test_bad_options_get_one_clear_message(small_bundle, device, haqa, args, message):
+    code, out, err = haqa("ship", str(small_bundle), *args)
+    assert code == 2 and message in err, err
+    _no_traceback(err)
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_the_systemd_unit_quotes_the_install_path_as_systemd_reads_it(tmp_path):
+    """systemd itself (systemd-analyze verify) parses the unit written for an install path with a space,
+    a '$' and a '%' in it; no user systemd runs here to start it."""
+    from haqa.ship import systemd_unit
+
+    folder = tmp_path / "we ird$dir%h"
+    folder.mkdir()
+    (folder / "run.sh").write_text("#!/bin/sh\n")
+    (folder / "run.sh").chmod(0o755)
+    unit = tmp_path / "haqa-test.service"
+    unit.write_text(systemd_unit(LABEL, [str(folder / "run.sh"), "--host", "127.0.0.1", "--port", "8080"]))
+    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert f'ExecStart="{tmp_path}/we ird$dir%%h/run.sh" "--host" "127.0.0.1" "--port" "8080"' in unit.read_text()
+
+
+def test_the_launchd_agent_runs_run_sh_with_host_and_port(tmp_path):
+    import plistlib
+
+    from haqa.ship import launchd_plist
+
+    command = [str(tmp_path / "a b" / "run.sh"), "--host", "127.0.0.1", "--port", "8080"]
+    agent = plistlib.loads(launchd_plist("dev.haqa.x", command, tmp_path / "server.log").encode())
+    assert agent["ProgramArguments"] == command and agent["Label"] == "dev.haqa.x"
+    assert agent["StandardErrorPath"] == str(tmp_path / "server.log") and agent["RunAtLoad"] is True
+
+
+def test_ollama_gets_the_gguf_as_a_blob_and_the_modelfile_parameters(small_bundle, haqa):
+    """No Ollama server can run here, so a stand-in on 127.0.0.1 records the exact requests the
+    ollama client sends: the GGUF's bytes to /api/blobs/sha256:<its digest>, then /api/create with
+    the file named by that digest and the Modelfile's parameters."""
+    gguf = small_bundle / f"{RECIPE}-Q4_1.gguf"
+    digest = f"sha256:{sha256_file(gguf)}"
+    with StandIn(ollama_answer) as ollama:
+        code, out, err = haqa("ship", str(small_bundle), "--ollama", "--ollama-host", ollama.url)
+    assert code == 0, err
+    assert out.strip() == f"ollama: {RECIPE}-haqa"
+    blob, create = ollama.requests[-2:]
+    assert (blob["method"], blob["path"]) == ("POST", f"/api/blobs/{digest}") and blob["body"] == gguf.read_bytes()
+    assert (create["method"], create["path"]) == ("POST", "/api/create")
+    assert json.loads(create["body"]) == {
+        "model": f"{RECIPE}-haqa", "stream": False, "files": {gguf.name: digest},
+        "parameters": {"num_ctx": 512, "num_thread": 2, "num_gpu": 0, "num_batch": 512},
+    }
+    modelfile = (small_bundle / "Modelfile").read_text()
+    assert "PARAMETER num_ctx 512" in modelfile and "PARAMETER num_batch 512" in modelfile
+
+
+def test_ollama_asked_for_but_not_running_is_a_clear_error(small_bundle, haqa):
+    code, out, err = haqa("ship", str(small_bundle), "--ollama", "--ollama-host", f"http://127.0.0.1:{free_port()}")
+    assert code == 2 and "no Ollama server answers at" in err and "ollama serve" in err, err
+    _no_traceback(err)
+
+
+def test_to_hf_creates_the_repo_and_commits_every_file(small_bundle, tmp_path):
+    """The Hugging Face Hub cannot be reached from here, so a stand-in endpoint (HF_ENDPOINT) records
+    the requests huggingface_hub sends: create the repo, ask how to upload each file (preupload),
+    upload the large ones through the LFS batch API, and commit. HF_HUB_DISABLE_XET=1 because the
+    stand-in speaks plain LFS, not the Hub's xet protocol."""
+    token = "hf_standin_" + "x" * 30
+    repo = "me/smollm2-haqa"
+    uploads: dict[str, bytes] = {}
+
+    def answer(method: str, path: str, body: bytes):
+        if path == "/api/repos/create":
+            return 200, {"url": f"{hub.url}/{repo}"}
+        if path == f"/api/models/{repo}/preupload/main":
+            files = json.loads(body)["files"]
+            return 200, {"files": [{"path": f["path"], "shouldIgnore": False,
+                                    "uploadMode": "lfs" if f["path"].endswith(".gguf") or f["path"].startswith("bin/")
+                                    else "regular"} for f in files]}
+        if path == f"/{repo}.git/info/lfs/objects/batch":
+            return 200, {"transfer": "basic", "objects": [
+                {"oid": o["oid"], "size": o["size"], "actions": {"upload": {"href": f"{hub.url}/lfs/{o['oid']}"}}}
+                for o in json.loads(body)["objects"]]}
+        if path.startswith("/lfs/"):
+            uploads[path.rsplit("/", 1)[1]] = body
+            return 200, {}
+        if path == f"/api/models/{repo}/commit/main":
+            return 200, {"commitUrl": f"{hub.url}/{repo}/commit/0123abcd", "commitOid": "0123abcd",
+                         "pullRequestUrl": None}
+        return 404, {"error": f"the stand-in does not serve {method} {path}"}
+
+    with StandIn(answer) as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": token, "HF_HUB_DISABLE_XET": "1",
+               "HF_HOME": str(tmp_path / "hf-home"), "HAQA_HOME": str(tmp_path / "haqa-home")}
+        proc = subprocess.run([sys.executable, "-m", "haqa", "ship", str(small_bundle), "--to-hf", repo, "--private"],
+                              cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"hugging face: {hub.url}/{repo}/commit/0123abcd"
+    assert token not in proc.stdout + proc.stderr
+    by_path = {r["path"]: r for r in hub.requests}
+    create = by_path["/api/repos/create"]
+    assert json.loads(create["body"]) == {"name": "smollm2-haqa", "organization": "me", "visibility": "private"}
+    for path in ("/api/repos/create", f"/api/models/{repo}/preupload/main", f"/{repo}.git/info/lfs/objects/batch",
+                 f"/api/models/{repo}/commit/main"):
+        assert by_path[path]["headers"]["authorization"] == f"Bearer {token}"
+    listed = {line.split("  ", 1)[1]: line.split("  ", 1)[0]
+              for line in (small_bundle / "SHA256SUMS").read_text().splitlines()}
+    expected = {*listed, "SHA256SUMS"}
+    preupload = json.loads(by_path[f"/api/models/{repo}/preupload/main"]["body"])
+    assert {f["path"] for f in preupload["files"]} == expected
+    lines = [json.loads(line) for line in by_path[f"/api/models/{repo}/commit/main"]["body"].splitlines()]
+    assert lines[0] == {"key": "header", "value": {"summary": f"haqa bundle {LABEL}", "description": ""}}
+    committed = {item["value"]["path"]: item for item in lines[1:]}
+    assert set(committed) == expected
+    for name in ("bin/llama-server", f"{RECIPE}-Q4_1.gguf"):  # through LFS, by their sha256
+        assert committed[name]["key"] == "lfsFile" and committed[name]["value"]["oid"] == listed[name]
+        assert uploads[listed[name]] == (small_bundle / name).read_bytes()
+    lock = committed["haqa.lock.json"]
+    assert lock["key"] == "file" and base64.b64decode(lock["value"]["content"]) == (small_bundle / "haqa.lock.json").read_bytes()
+
+
+def test_to_hf_without_a_token_says_how_to_log_in(small_bundle, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
+    env.update(HF_HOME=str(tmp_path / "hf-home"), HF_ENDPOINT="http://127.0.0.1:9", HAQA_HOME=str(tmp_path / "h"))
+    proc = subprocess.run([sys.executable, "-m", "haqa", "ship", str(small_bundle), "--to-hf", "me/x"],
+                          cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and "no Hugging Face token" in proc.stderr and "HF_TOKEN" in proc.stderr
+    _no_traceback(proc.stderr)
+
+
+# -- slow: the real bundle on the loopback device ---------------------------------------------------
+
+@pytest.mark.slow
+def test_ship_to_the_ssh_device_starts_the_server_and_passes_the_health_check(real_bundle, device, haqa):
+    from openai import OpenAI
+
+    port = free_port()
+    code, out, err = haqa("ship", str(real_bundle), "--target", "loop", "--port", str(port))
+    assert code == 0, err
+    files = len((real_bundle / "SHA256SUMS").read_text().splitlines())
+    assert f"uploaded {files} file(s), 0 already on the device" in err
+    assert "started llama-server as a detached process" in err and "no user systemd on the device" in err
+    assert _tok_per_s(err) > 0 and "client-side" in out and "one chat completion through the openai client" in err
+    assert out.startswith(f"{LABEL} on loop: http://127.0.0.1:{port}/v1 (detached process")
+    for name in ("run.sh", "bin/llama-server"):
+        assert os.access(device / name, os.X_OK)
+    assert oct((device / "haqa.lock.json").stat().st_mode & 0o777) == "0o644"
+    first = int((device / "server.pid").read_text())
+    assert _alive(first)
+    # The server answers on the device's own port too (the device is this machine).
+    models = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=30).models.list()
+    assert [m.id for m in models.data] == [RECIPE]
+
+    code, out, err = haqa("ship", str(real_bundle), "--target", "loop", "--port", str(port))
+    assert code == 0, err
+    assert f"uploaded 0 file(s), {files} already on the device (same sha256)" in err
+    assert "stopped the running server" in err and _tok_per_s(err) > 0
+    second = int((device / "server.pid").read_text())
+    assert second != first and _alive(second) and not _alive(first)
+
+
+@pytest.mark.slow
+def test_a_server_that_fails_to_start_shows_its_log(real_parts, tmp_path, device, haqa):
+    """The real llama-server, given a GGUF it cannot run (tensors but no vocabulary), exits; ship says
+    so with the tail of its log and exits non-zero."""
+    _, server = real_parts
+    bundle = make_bundle(tmp_path / "bad" / LABEL, write_tiny_gguf(tmp_path / "tiny.gguf"), server,
+                         peak_bytes=64 * 2**20)
+    code, out, err = haqa("ship", str(bundle), "--target", "loop", "--port", str(free_port()), "--wait", "60")
+    assert code == 2, err
+    assert "llama-server stopped before it answered /health; the last lines of its log:" in err
+    assert "failed to load model" in err or "error" in err.lower()
+    assert "hint: the server is installed as a detached process" in err
+    _no_traceback(err)
+
+
+@pytest.mark.slow
+def test_ollama_on_the_device_is_reached_through_the_ssh_forward(real_bundle, device, haqa):
+    """No Ollama server can run here, so a stand-in listens on the device's Ollama port (this machine's
+    11434) and records what the ollama client sends through the SSH port forward."""
+    try:
+        standin = StandIn(ollama_answer, port=11434)
+    except OSError:
+        pytest.skip("port 11434 is in use on this machine")
+    with standin:
+        code, out, err = haqa("ship", str(real_bundle), "--target", "loop", "--port", str(free_port()), "--ollama",
+                              "--ollama-name", "smol-test")
+    assert code == 0, err
+    assert "ollama: smol-test" in out and _tok_per_s(err) > 0
+    digest = sha256_file(real_bundle / f"{RECIPE}-Q4_1.gguf")
+    paths = [r["path"] for r in standin.requests]
+    assert paths == ["/api/tags", f"/api/blobs/sha256:{digest}", "/api/create"]
+    assert json.loads(standin.requests[-1]["body"])["model"] == "smol-test"
