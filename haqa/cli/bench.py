@@ -1,5 +1,7 @@
 """`haqa bench`: the benchmarks behind docs/BENCHMARKS.md (measured on this machine)."""
 
+import json
+import os
 from pathlib import Path
 
 import click
@@ -29,6 +31,130 @@ def memory(quick: bool, refit: bool, out: Path | None, data: Path | None) -> Non
     click.echo(body)
 
 
+@bench.command("landscape")
+@click.option("--target", "target", required=True, help="target name or .toml path")
+@click.option("--recipe", "recipe", required=True, help="recipe name or .toml path")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="the landscape file (default docs/data/landscapes/<recipe>@<target>.json; -quick with --quick)")
+@click.option("--quick", is_flag=True, help="a two-point grid: checks the harness, not the landscape")
+@click.option("--set", "overrides", multiple=True, metavar="KNOB=V1,V2",
+              help="other values for one knob of the reduced grid (from the full space); repeatable")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of the shuffled measuring order")
+@click.option("--fresh", is_flag=True, help="measure again from the start instead of resuming --out")
+@click.option("--max-minutes", type=float, default=None, help="stop after this long (resume later)")
+@click.option("--limit", type=click.IntRange(1), default=None, help="measure at most this many points now (resume later)")
+@click.option("--jobs", type=int, default=None, help="parallel jobs for a llama.cpp build")
+@click.option("--plan", "plan_only", is_flag=True, help="print the grid and its size; measure nothing")
+def landscape(target: str, recipe: str, out: Path | None, quick: bool, overrides: tuple[str, ...], seed: int,
+              fresh: bool, max_minutes: float | None, limit: int | None, jobs: int | None, plan_only: bool) -> None:
+    """Measure every point of a reduced search grid for one (recipe, target): the data that
+    `haqa bench search` replays proposers against. Resumable: run the same command again.
+
+    \b
+    Examples:
+      haqa bench landscape --target local --recipe smollm2-135m
+      haqa bench landscape --target local --recipe docs/data/landscapes/recipes/synthetic-llama-3.2-1b.toml
+      haqa bench landscape --target local --recipe smollm2-135m --limit 4    # time a few points first
+    """
+    from haqa.benchmarks import landscape as ls
+    from haqa.config import find_file, load_recipe, load_target
+
+    if out is None:
+        name = f"{load_recipe(recipe).name}@{load_target(target).name}{'-quick' if quick else ''}.json"
+        out = Path("docs/data/landscapes") / name
+    find_file("recipes", recipe)
+    data = ls.measure(target, recipe, out, quick=quick, overrides=overrides, seed=seed, fresh=fresh,
+                      max_minutes=max_minutes, limit=limit, jobs=jobs, plan_only=plan_only)
+    if plan_only:
+        for knob, values in data["dims"].items():
+            click.echo(f"  {knob:<14} {', '.join(str(v) for v in values)}")
+        pruned = sum(p["status"] == "pruned" for p in data["points"])
+        click.echo(f"{data['label']}: {len(data['points'])} points ({pruned} pruned by the memory model); "
+                   f"would write {out}")
+        return
+    click.echo(f"{out}: {'complete' if data['complete'] else 'incomplete'}, "
+               f"{sum(p['status'] in ('ok', 'failed') for p in data['points'])}/{len(data['points'])} points, "
+               f"{data['wall_s'] / 60:.1f} min")
+
+
+LANDSCAPES = Path("docs/data/landscapes")
+
+
+def _landscape_files(paths: tuple[Path, ...]) -> list[Path]:
+    files: list[Path] = []
+    for p in paths or (LANDSCAPES,):
+        if p.is_dir():
+            files += sorted(f for f in p.glob("*.json") if not f.stem.endswith("-quick"))
+        else:
+            files.append(p)
+    return files
+
+
+@bench.command("search")
+@click.argument("landscapes", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--quick", is_flag=True, help="3 seeds, no LLM: checks the harness, not the figures")
+@click.option("--seeds", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--llm-seeds", type=click.IntRange(0), default=5, show_default=True,
+              help="seeds for the LLM proposer (the embedded model answers in seconds, not milliseconds)")
+@click.option("--budget", type=click.IntRange(1), default=20, show_default=True, help="trials per replayed search")
+@click.option("--proposer", "proposers", multiple=True, type=click.Choice(["heuristic", "llm", "random", "grid", "tpe"]),
+              help="only these (repeatable); default: all")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the section here")
+@click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="write every replayed search (JSON)")
+def search(landscapes: tuple[Path, ...], quick: bool, seeds: int, llm_seeds: int, budget: int,
+           proposers: tuple[str, ...], out: Path | None, data: Path | None) -> None:
+    """Replay the proposers against measured landscapes (default: docs/data/landscapes/*.json) at
+    equal trial budgets: trials to reach 95 % of the best, best found after 5, 10 and 20 trials."""
+    from haqa.benchmarks.report import section
+
+    text = _search_text(_landscape_files(landscapes), quick=quick, seeds=seeds, llm_seeds=llm_seeds, budget=budget,
+                        proposers=proposers, data_out=data)
+    cmd = "haqa bench search" + (" --quick" if quick else "")
+    body = section("Search: the agent against other searches, replayed on measured landscapes", cmd, text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(body)
+    click.echo(body)
+
+
+def _search_text(files: list[Path], *, quick: bool, seeds: int = 20, llm_seeds: int = 5, budget: int = 20,
+                 proposers: tuple[str, ...] = (), data_out: Path | None = None) -> str:
+    from haqa.benchmarks import replay as rp
+    from haqa.errors import UserError
+
+    if quick:
+        seeds = min(seeds, 3)
+        llm_seeds = 0
+    names = list(proposers) or [n for n in rp.PROPOSERS if n != "llm" or llm_seeds > 0]
+    lands = [rp.Landscape.load(f) for f in files]
+    skipped = [land.label for land in lands if not land.has_feasible()]
+    lands = [land for land in lands if land.has_feasible()]
+    if not lands:
+        raise UserError("no landscape with a measured, feasible point to replay"
+                        + (f" (skipped: {', '.join(skipped)})" if skipped else ""),
+                        hint="measure one with `haqa bench landscape --target T --recipe R`")
+    backend = None
+    if "llm" in names:
+        from haqa.agent.llm import make_backend
+
+        backend = make_backend("embedded", threads=os.cpu_count() or 2)
+    results = []
+    for land in lands:
+        def progress(name, seed, run, label=land.label):
+            if name == "llm" or seed == 0:
+                click.echo(f"  {label} {name} seed {seed}: {len(run.scores)} trials in {run.seconds:.1f} s", err=True)
+
+        results.append((land, rp.run_all(land, names, seeds=seeds, llm_seeds=llm_seeds, budget=budget,
+                                         backend=backend, progress=progress)))
+    if data_out:
+        data_out.parent.mkdir(parents=True, exist_ok=True)
+        data_out.write_text(json.dumps({land.label: {n: [r.__dict__ for r in s.runs] for n, s in sums.items()}
+                                        for land, sums in results}, indent=1) + "\n")
+    return rp.search_report(results, seeds=seeds, llm_seeds=llm_seeds, budget=budget, quick=quick,
+                            backend=backend, skipped=skipped)
+
+
 HEADER = """# Benchmarks
 
 Measured on the machine named in each section, by the command given there; regenerate with
@@ -42,15 +168,21 @@ or single measured peaks as stated; speed comparisons are ratios from interleave
 @click.option("--quick", is_flag=True, help="small grids: checks the harness, not the figures")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("docs/BENCHMARKS.md"), show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("docs/data"), show_default=True)
-def all_(quick: bool, out: Path, data_dir: Path) -> None:
+@click.option("--landscapes", type=click.Path(file_okay=False, path_type=Path), default=LANDSCAPES, show_default=True,
+              help="measured landscapes to replay the search against (read only)")
+def all_(quick: bool, out: Path, data_dir: Path, landscapes: Path) -> None:
     """Run every benchmark and write docs/BENCHMARKS.md."""
     from haqa.benchmarks import memory as mem
     from haqa.benchmarks.report import section
 
     suffix = "-quick" if quick else ""
+    cmd = "haqa bench all" + (" --quick" if quick else "")
     text, _ = mem.run(quick=quick, data_out=data_dir / f"memory-grid{suffix}.json")
-    doc = HEADER + section("Memory model: predicted against measured peak",
-                           "haqa bench all" + (" --quick" if quick else ""), MEMORY_INTRO + text)
+    doc = HEADER + section("Memory model: predicted against measured peak", cmd, MEMORY_INTRO + text)
+    search_text = _search_text(_landscape_files((landscapes,)), quick=quick,
+                               data_out=data_dir / f"search-replay{suffix}.json")
+    doc += "\n" + section("Search: the agent against other searches, replayed on measured landscapes", cmd,
+                          search_text)
     out.parent.mkdir(parents=True, exist_ok=True)
     part = out.with_name(out.name + ".part")
     part.write_text(doc)
