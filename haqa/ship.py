@@ -586,17 +586,20 @@ def ship(bundle_path: Path, *, target_name: str | None, host: str = "127.0.0.1",
     if ollama_name is not None and not _OLLAMA_NAME.match(ollama_name):
         raise UserError(f"--ollama-name {ollama_name!r} is not an Ollama model name",
                         hint="letters, digits, '.', '_', '-', ':' and '/'")
+    target = None
+    if target_name:
+        from haqa.config import load_target
+
+        target = load_target(target_name)
     bundle = verify_bundle(bundle_path)
     ui.step(f"bundle {bundle.label}: {len(bundle.files)} files match {SUMS}")
     params = ollama_parameters(bundle) if ollama else {}
     result = ShipResult(bundle=bundle)
     with contextlib.ExitStack() as stack:
-        runner = target = ollama_api = None
-        if target_name:
-            from haqa.config import load_target
+        runner = ollama_api = None
+        if target is not None:
             from haqa.runner import runner_for
 
-            target = load_target(target_name)
             runner = runner_for(target)
             stack.callback(runner.close)
             result.device = target.name

@@ -42,14 +42,14 @@ CONFIG = RuntimeConfig(threads=2, ctx_size=512, batch_size=512)
 
 # -- bundles -------------------------------------------------------------------------------------
 
-def make_bundle(out: Path, model: Path, server: Path, *, peak_bytes: int, cmake_options: dict | None = None) -> Path:
+def make_bundle(out: Path, model: Path, server: Path, *, peak_bytes: int) -> Path:
     """A bundle as `haqa deploy` writes it, with a lock made for this machine (the `local` target)."""
     facts = local_facts()
     target = {"name": "local", "os": facts.pop("os"), "hardware": facts, "limits": {"memory_headroom_gib": 1.0}}
     lock = {
         "target": {"name": "local", "facts": target},
         "recipe": {"name": RECIPE},
-        "llama_cpp": {"cmake_options": cmake_options or {}},
+        "llama_cpp": {"cmake_options": {"BUILD_SHARED_LIBS": "OFF"}},
         "model": {"file_type": "Q4_1"},
         "runtime": {**CONFIG.as_dict(), "server_args": CONFIG.server_args()},
         "metrics": {"memory": {"deployment_predicted": {"host_bytes": peak_bytes, "gpu_bytes": 0,
