@@ -32,6 +32,7 @@ from haqa.runtime import RuntimeConfig
 from haqa.toolchain import ensure_toolchain
 
 LOCK_SCHEMA = 2
+GPU_HEADROOM_GIB = 0.5  # the CUDA context and the driver's own allocations
 SPEED_POLICY = SpeedPolicy()
 
 
@@ -128,6 +129,8 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
     w = recipe.workload
     hw = target.hardware
     budget_bytes = (hw.ram_gib - target.limits.memory_headroom_gib) * 2**30
+    gpu_budget_bytes = (hw.gpu.memory_gib - GPU_HEADROOM_GIB) * 2**30 if (
+        hw.gpu.kind != "none" and not hw.gpu.unified_memory and hw.gpu.memory_gib) else None
 
     shapes: dict[str, memory.ModelShape] = {}
 
@@ -142,6 +145,9 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
         if need.host > budget_bytes:
             return False, (f"the memory model predicts {need.host / 2**30:.2f} GiB for {cand.quant} with KV "
                            f"{cand.config.cache_type_k}, over the {budget_bytes / 2**30:.2f} GiB budget")
+        if gpu_budget_bytes is not None and need.gpu > gpu_budget_bytes:
+            return False, (f"the memory model predicts {need.gpu / 2**30:.2f} GiB of GPU memory for {cand.quant} with "
+                           f"{cand.config.n_gpu_layers} layers offloaded, over the GPU's {gpu_budget_bytes / 2**30:.2f} GiB")
         return True, "fits"
 
     space = build_space(target, recipe, n_layer=source_facts.n_layers or 1, fits=fits)

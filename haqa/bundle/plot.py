@@ -51,7 +51,7 @@ def pareto_png(lock: dict) -> bytes:
             ax.annotate(f"{label} ({side['quant']})", (bx, side["decode"]["median"]), textcoords="offset points",
                         xytext=(6, -10), fontsize=8, color="tab:green")
     if synthetic:
-        ax.set_xlabel("peak resident memory of the benchmark (MiB, measured)")
+        ax.set_xlabel("peak resident host memory of the benchmark (MiB, measured; GPU memory not included)")
         ax.set_title(f"{lock['recipe']['name']} on {lock['target']['name']}: speed against memory "
                      "(synthetic weights: no quality)", fontsize=10)
     else:
