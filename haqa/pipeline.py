@@ -287,14 +287,18 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
                 fresh.append((row, cand, who, why))
             if len(fresh) >= guard.every:
                 if not guard.check():
+                    again = 0
                     for row_id, c, who2, why2 in fresh:
-                        store.discard(row_id, "drift: the anchor moved while it was measured")
+                        # Measured three times under drift: keep the last one (the final side-by-side
+                        # comparison re-measures the finalists anyway) rather than loop.
                         if attempts.get(trial_key(c), 0) <= 2:
+                            store.discard(row_id, "drift: the anchor moved while it was measured")
                             queue.append((c, who2, why2))
                             trials.pop(trial_key(c), None)
                             history = [h for h in history if h.candidate.key != c.key]
                             reruns += 1
-                    ui.note(f"drift guard: the anchor moved; {len(fresh)} trial(s) will be measured again")
+                            again += 1
+                    ui.note(f"drift guard: the anchor moved; {again} of {len(fresh)} trial(s) will be measured again")
                 fresh = []
     finally:
         store.close()
