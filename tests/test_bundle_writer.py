@@ -94,3 +94,57 @@ def test_service_files_checksums_and_tarball(tmp_path):
     assert oct((out / "run.sh").stat().st_mode & 0o777) == "0o755"
     with tarfile.open(tmp_path / "m@t.tar.gz") as tar:
         assert "m@t/run.sh" in tar.getnames() and "m@t/SHA256SUMS" in tar.getnames()
+
+
+def test_ctrl_c_midway_keeps_the_previous_bundle(tmp_path, monkeypatch):
+    from haqa.bundle import writer
+
+    out = _write(tmp_path / "b", tmp_path, lock={"schema": 1, "generation": "old"})
+    calls = []
+
+    def interrupted(path):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return "0" * 64
+
+    monkeypatch.setattr(writer, "sha256_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _write(tmp_path / "b", tmp_path, lock={"generation": "new"})
+    assert json.loads((out / "haqa.lock.json").read_text())["generation"] == "old"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".b.")] == []
+
+
+def test_killed_midway_keeps_the_previous_bundle(tmp_path):
+    """SIGKILL leaves no chance to clean up: the old bundle must still be whole, and the next write works."""
+    import os
+    import signal
+    import sys
+    import time
+
+    out = _write(tmp_path / "b", tmp_path, lock={"schema": 1, "generation": "old"})
+    script = f"""
+import time, haqa.bundle.writer as w
+from pathlib import Path
+from tests.test_bundle_writer import _write
+real = w.sha256_file
+def slow(p):
+    Path({str(tmp_path / 'started')!r}).touch(); time.sleep(60); return real(p)
+w.sha256_file = slow
+_write(Path({str(tmp_path / 'b')!r}), Path({str(tmp_path)!r}), lock={{"generation": "new"}})
+"""
+    from tests.conftest import REPO
+
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "started").exists():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert json.loads((out / "haqa.lock.json").read_text())["generation"] == "old"
+    for line in (out / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split("  ")
+        assert sha256_file(out / name) == digest
+    _write(tmp_path / "b", tmp_path, lock={"generation": "newer"})
+    assert json.loads((out / "haqa.lock.json").read_text())["generation"] == "newer"
