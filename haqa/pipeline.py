@@ -321,30 +321,36 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
                 return t.quality
         return measure_quality(runner, toolchain, path, reference, corpus, settings, threads=base.threads)
 
-    finalists = _finalists(all_trials, leader, recipe, synthetic, scorer, base)
-    compare_key = hashlib.sha256(json.dumps(
-        {"finalists": [trial_key(Candidate(t.quant, t.config)) for t in finalists], "default": base.as_dict(),
-         "rounds": COMPARE_ROUNDS, "repetitions": COMPARE_REPETITIONS}, sort_keys=True).encode()).hexdigest()[:20]
-    compare_cache = cache_home() / "comparisons" / f"{label}-{compare_key}.json"
-    if compare_cache.exists():
-        saved = json.loads(compare_cache.read_text())
-        winner = dataclasses.replace(finalists[saved["best"]], bench=BenchResult.from_dict(saved["pooled"]))
-        comparison = saved["comparison"]
-        ui.note(f"side-by-side comparison of these finalists reused from {saved['created']} ({compare_cache})")
+    rounds, reps = recipe.search.compare_rounds, recipe.search.compare_repetitions
+    if rounds == 0:
+        winner, comparison = leader, None
+        ui.note("side-by-side comparison skipped ([search] compare_rounds = 0 in the recipe)")
     else:
-        winner, comparison = compare_with_baselines(runner, toolchain, recipe, source_facts, finalists,
-                                                    prepare=lambda q: prepare(q)[0], fits=fits, default=base,
-                                                    quality_of=quality_of)
-        comparison["created"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        compare_cache.parent.mkdir(parents=True, exist_ok=True)
-        part = compare_cache.with_name(compare_cache.name + ".part")
-        part.write_text(json.dumps({"best": finalists.index(next(t for t in finalists if (t.quant, t.config) ==
-                                                                 (winner.quant, winner.config))),
-                                    "pooled": winner.bench.as_dict(), "comparison": comparison,
-                                    "created": comparison["created"]}))
-        part.replace(compare_cache)
+        finalists = _finalists(all_trials, leader, recipe, synthetic, scorer, base)
+        compare_key = hashlib.sha256(json.dumps(
+            {"finalists": [trial_key(Candidate(t.quant, t.config)) for t in finalists], "default": base.as_dict(),
+             "rounds": rounds, "repetitions": reps}, sort_keys=True).encode()).hexdigest()[:20]
+        compare_cache = cache_home() / "comparisons" / f"{label}-{compare_key}.json"
+        if compare_cache.exists():
+            saved = json.loads(compare_cache.read_text())
+            winner = dataclasses.replace(finalists[saved["best"]], bench=BenchResult.from_dict(saved["pooled"]))
+            comparison = saved["comparison"]
+            ui.note(f"side-by-side comparison of these finalists reused from {saved['created']} ({compare_cache})")
+        else:
+            winner, comparison = compare_with_baselines(runner, toolchain, recipe, source_facts, finalists,
+                                                        prepare=lambda q: prepare(q)[0], fits=fits, default=base,
+                                                        quality_of=quality_of)
+            comparison["created"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+            compare_cache.parent.mkdir(parents=True, exist_ok=True)
+            part = compare_cache.with_name(compare_cache.name + ".part")
+            part.write_text(json.dumps({"best": finalists.index(next(t for t in finalists if (t.quant, t.config) ==
+                                                                     (winner.quant, winner.config))),
+                                        "pooled": winner.bench.as_dict(), "comparison": comparison,
+                                        "created": comparison["created"]}))
+            part.replace(compare_cache)
     kld = f"KLD {winner.quality.kld_mean:.4f}" if winner.quality else "quality not reported (synthetic)"
-    ui.step(f"chose {winner.name}: decode {winner.bench.decode.mean:.1f} tok/s side by side, {kld} "
+    ui.step(f"chose {winner.name}: decode {winner.bench.decode.mean:.1f} tok/s "
+            f"{'side by side' if comparison else 'in the search'}, {kld} "
             f"({obj.describe(recipe.objective, w.prompt_tokens)}, within the quality budget)")
     device_candidate, _ = prepare(winner.quant)
     candidate = runner.fetch(device_candidate)
@@ -362,8 +368,9 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
                  corpus, settings, guard if new_trials else None, reruns, search,
                  [(who, why) for (_, _, who, why) in trials.values()])
     lock["comparison"] = comparison
-    lock["metrics"]["speed_basis"] = (f"the side-by-side re-measurement ({COMPARE_ROUNDS} interleaved rounds x "
-                                      f"{COMPARE_REPETITIONS} repetitions); the search's own figures are in trials")
+    if rounds:
+        lock["metrics"]["speed_basis"] = (f"the side-by-side re-measurement ({rounds} interleaved rounds x "
+                                          f"{reps} repetitions); the search's own figures are in trials")
     out = out or Path("dist") / label
     bundle = write_bundle(out, model=candidate, model_name=model_name, server_binary=server,
                           lock=lock, server_args=winner.config.server_args(), label=label, alias=recipe.name,
@@ -374,8 +381,6 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
 
 DEFAULT_QUANT = "Q4_K_M"  # what Ollama and most model cards ship
 UNQUANTIZED = ("F32", "BF16", "F16")
-COMPARE_ROUNDS = 3
-COMPARE_REPETITIONS = 3
 
 
 FINALISTS = 3
@@ -413,6 +418,7 @@ def compare_with_baselines(runner, toolchain, recipe: Recipe, source_facts, fina
     from haqa.measure import compare as cmp
 
     w = recipe.workload
+    rounds, reps = recipe.search.compare_rounds, recipe.search.compare_repetitions
     unq = source_facts.file_type if source_facts.file_type in UNQUANTIZED else "F16"
     unq_note = ("the source GGUF itself" if unq == source_facts.file_type else
                 f"F16 converted from the {source_facts.file_type} source (no precision beyond the source's)")
@@ -437,9 +443,9 @@ def compare_with_baselines(runner, toolchain, recipe: Recipe, source_facts, fina
             contenders[key] = cmp.Contender(label, quant, config, description,
                                             skipped=f"quantizing failed: {str(e).splitlines()[0]}")
     ui.step(f"measuring {len(finalists)} finalist(s), the default deployment and the unquantized model side by side "
-            f"({COMPARE_ROUNDS} interleaved rounds)")
+            f"({rounds} interleaved rounds)")
     sides = cmp.compare(runner, toolchain, list(contenders.values()), prompt_tokens=w.prompt_tokens,
-                        gen_tokens=w.gen_tokens, rounds=COMPARE_ROUNDS, repetitions=COMPARE_REPETITIONS,
+                        gen_tokens=w.gen_tokens, rounds=rounds, repetitions=reps,
                         log_dir=runner.local_dir("logs"))
     by_key = {(s.contender.quant, s.contender.config): s for s in sides}
 
@@ -457,7 +463,7 @@ def compare_with_baselines(runner, toolchain, recipe: Recipe, source_facts, fina
     if best != 0:
         ui.note(f"side by side, {winner.name} ({winner.config.describe()}) beat the search's leader "
                 f"{finalists[0].name}: it is chosen")
-    out = {"method": cmp.METHOD, "rounds": COMPARE_ROUNDS, "repetitions_per_round": COMPARE_REPETITIONS,
+    out = {"method": cmp.METHOD, "rounds": rounds, "repetitions_per_round": reps,
            "workload": w.model_dump(), "finalists": len(finalists), "contenders": {}, "ratios": {}}
     entries = [("tuned", f"finalist {best + 1}", "the configuration haqa chose")]
     entries += [(f"finalist {i + 1}", f"finalist {i + 1}", None) for i in range(len(finalists)) if i != best]

@@ -192,6 +192,11 @@ class Search(_Strict):
     max_trials: int = Field(default=8, ge=1, le=1000)  # measured trials in all (the store counts earlier runs)
     max_minutes: float = Field(default=60, gt=0)  # wall-clock budget of one deploy's search
     patience: int = Field(default=4, ge=1)  # stop after this many trials without improvement beyond noise
+    # The side-by-side re-measurement of the finalists with the default deployment and the
+    # unquantized model: interleaved rounds x llama-bench repetitions. 0 rounds skips it (faster;
+    # the report then has no baseline ratios).
+    compare_rounds: int = Field(default=3, ge=0, le=10)
+    compare_repetitions: int = Field(default=3, ge=1, le=10)
 
     @field_validator("quants")
     @classmethod
