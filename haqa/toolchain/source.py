@@ -7,6 +7,7 @@ tools from that tree makes the in-process bindings and the llama.cpp binaries ag
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -51,6 +52,21 @@ class LlamaCppSource:
                 return f.read().decode().strip() if f else "unknown"
 
         return memo_beside(self.sdist, ".commit.json", read)
+
+    @cached_property
+    def architectures(self) -> list[str]:
+        """Model architectures this llama.cpp can load (LLM_ARCH_NAMES in src/llama-arch.cpp), less
+        "clip", which only llama-quantize reads."""
+        def read(path: Path) -> list[str]:
+            with tarfile.open(path) as tar:
+                try:
+                    text = tar.extractfile(_VENDOR + "src/llama-arch.cpp").read().decode()
+                except (KeyError, AttributeError):
+                    return []
+            table = text.split("LLM_ARCH_NAMES", 1)[-1].split("};", 1)[0]
+            return sorted(set(re.findall(r'\{\s*LLM_ARCH_\w+\s*,\s*"([^"]+)"\s*\}', table)) - {"clip"})
+
+        return memo_beside(self.sdist, ".architectures.json", read)
 
     def _members(self, tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
         out = []
