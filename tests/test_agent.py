@@ -152,10 +152,56 @@ def test_smuggled_commands_never_reach_a_candidate(space):
     assert not any("rm -rf" in a or "reboot" in a or "evil" in a for a in argv)
 
 
-def test_endpoint_down_counts_as_bad_replies(space):
+def test_endpoint_down_hands_the_run_to_the_heuristic(space):
     llm = _llm(space, [ConnectionError("refused")] * MAX_BAD_REPLIES)
-    assert llm.suggest([]).proposer == "heuristic (llm fallback)"
+    first = llm.suggest([])
+    assert first.proposer == "heuristic (llm unavailable)" and "LLM unavailable" in first.rationale
     assert all("backend failed" in r for r in llm.refusals)
+    assert llm.suggest([]).proposer == "heuristic (llm unavailable)"  # not asked again: Scripted has no replies left
+    assert llm.fallbacks == 2
+
+
+def test_a_slow_endpoint_times_out_and_is_not_asked_again(space, monkeypatch):
+    """A real OpenAI-compatible HTTP endpoint on 127.0.0.1 that answers too slowly, through the openai client."""
+    import http.server
+    import threading
+    import time
+
+    from haqa.agent.llm import OpenAIBackend
+
+    calls = []
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            calls.append(self.path)
+            time.sleep(2)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HAQA_LLM_TIMEOUT_S", "0.5")
+        backend = OpenAIBackend(base_url=f"http://127.0.0.1:{server.server_port}/v1", api_key="k", model="m")
+        backend.client = backend.client.with_options(max_retries=0)
+        llm = LLMProposer(space=space, backend=backend, facts=_facts(),
+                          fallback=HeuristicProposer(space, {"Q8_0": 4, "Q4_1": 3, "Q4_K_M": 2, "Q4_0": 1}))
+        assert llm.suggest([]).proposer == "heuristic (llm unavailable)"
+        assert len(calls) == MAX_BAD_REPLIES and all("Timeout" in r for r in llm.refusals)
+        assert llm.suggest([]).proposer == "heuristic (llm unavailable)" and len(calls) == MAX_BAD_REPLIES
+    finally:
+        server.shutdown()
+
+
+def test_garbage_then_a_good_reply_resets_the_count(space):
+    good = json.dumps({"candidate": space.default_values(), "rationale": "defaults"})
+    llm = _llm(space, ["<html>502 Bad Gateway</html>", "{\"candidate\": 7}", good])
+    p = llm.suggest([])
+    assert p.proposer == "llm:scripted" and llm.bad_in_a_row == 0 and len(llm.refusals) == 2
+    assert "not JSON" in llm.refusals[0] and "lacks a 'candidate'" in llm.refusals[1]
 
 
 def test_prompt_quotes_model_text_as_data(space):

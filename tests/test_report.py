@@ -63,3 +63,12 @@ def test_from_lock_refuses_a_file_that_is_not_a_current_lock(tmp_path, text, say
     with pytest.raises(UserError) as e:
         deploy_from_lock(path)
     assert says in e.value.message
+
+
+def test_report_says_when_the_llm_was_unavailable():
+    lock = copy.deepcopy(LOCK)
+    lock["trials"][-1]["proposer"] = "heuristic (llm unavailable)"
+    lock["trials"][-1]["rationale"] = ("[LLM unavailable: the openai backend failed: APITimeoutError: Request timed out.] "
+                                       "from the best so far ...")
+    text = report.render(lock)
+    assert "**The LLM agent was unavailable** (LLM unavailable: the openai backend failed: APITimeoutError" in text

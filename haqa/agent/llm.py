@@ -97,12 +97,12 @@ class OpenAIBackend(Backend):
     name = "openai"
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None, model: str | None = None,
-                 timeout: float = 120):
+                 timeout: float | None = None):
         from openai import OpenAI
 
         self.client = OpenAI(base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
                              api_key=api_key or os.environ.get("OPENAI_API_KEY") or "not-needed",
-                             timeout=timeout, max_retries=1)
+                             timeout=timeout or float(os.environ.get("HAQA_LLM_TIMEOUT_S", "60")), max_retries=1)
         self.model = model or os.environ.get("HAQA_LLM_MODEL") or os.environ.get("OPENAI_MODEL") or "gpt-4o-mini"
         self.structured = True
 
@@ -212,6 +212,8 @@ class LLMProposer(Proposer):
     bad_in_a_row: int = 0
     fallbacks: int = 0
     replies: int = 0
+    failures_in_a_row: int = 0  # the backend raised (down, timed out), as opposed to a bad reply
+    unavailable: str | None = None  # set once the backend failed MAX_BAD_REPLIES times in a row
 
     name = "llm"
 
@@ -234,6 +236,8 @@ class LLMProposer(Proposer):
         return Proposal(cand, rationale, f"llm:{self.backend.name}")
 
     def suggest(self, history):
+        if self.unavailable:  # an endpoint that is down or too slow is not asked again in this run
+            return self._fallback(history, f"LLM unavailable: {self.unavailable}", "heuristic (llm unavailable)")
         while self.bad_in_a_row < MAX_BAD_REPLIES:
             messages = build_messages(self.space, self.facts, history, self.refusals)
             self.replies += 1
@@ -242,7 +246,13 @@ class LLMProposer(Proposer):
                                              temperature=0.2 + 0.4 * self.bad_in_a_row)
             except Exception as e:
                 reason = f"the {self.backend.name} backend failed: {type(e).__name__}: {str(e)[:160]}"
+                self.failures_in_a_row += 1
+                if self.failures_in_a_row >= MAX_BAD_REPLIES:
+                    self.unavailable = reason
+                    ui.note(f"agent: the {self.backend.name} backend failed {MAX_BAD_REPLIES} times in a row; "
+                            "the heuristic proposes for the rest of this run")
             else:
+                self.failures_in_a_row = 0
                 try:
                     proposal = self.parse(text, history)
                     self.bad_in_a_row = 0
@@ -253,10 +263,14 @@ class LLMProposer(Proposer):
             self.refusals.append(reason)
             ui.note(f"agent: refused an LLM reply ({reason})")
         self.bad_in_a_row = 0
+        if self.unavailable:
+            return self._fallback(history, f"LLM unavailable: {self.unavailable}", "heuristic (llm unavailable)")
+        ui.note(f"agent: {MAX_BAD_REPLIES} bad LLM replies in a row; the heuristic takes this step")
+        return self._fallback(history, f"heuristic after {MAX_BAD_REPLIES} bad LLM replies", "heuristic (llm fallback)")
+
+    def _fallback(self, history, why: str, label: str) -> Proposal | None:
         self.fallbacks += 1
         proposal = self.fallback.suggest(history)
-        ui.note(f"agent: {MAX_BAD_REPLIES} bad LLM replies in a row; the heuristic takes this step")
         if proposal is None:
             return None
-        return Proposal(proposal.candidate, f"[heuristic after {MAX_BAD_REPLIES} bad LLM replies] {proposal.rationale}",
-                        "heuristic (llm fallback)")
+        return Proposal(proposal.candidate, f"[{why}] {proposal.rationale}", label)

@@ -131,7 +131,7 @@ def render(lock: dict) -> str:
         f"Search: {sel['proposer']}, {sel['trials']} trial(s) ({sel['new_trials']} measured in this run) of a space "
         f"of {sel['space_size']} points; stopped: {sel['stop']}. Objective: {sel['objective']}; rule: {sel['rule']}."
         + (f" LLM replies: {sel['llm_replies']}, heuristic fall-backs: {sel['llm_fallbacks']}."
-           if sel.get("llm_replies") or sel.get("llm_fallbacks") else ""),
+           if sel.get("llm_replies") or sel.get("llm_fallbacks") else "") + _llm_unavailable(lock),
         "",
         *_trials(lock),
         "",
@@ -176,3 +176,11 @@ def _reproduced(lock: dict) -> list[str]:
             f"Weights {'identical to' if r['weights_match_lock'] else 'DIFFERENT from'} the lock's; measured here once: "
             f"decode x{r['decode_ratio_to_lock']}, prefill x{r['prefill_ratio_to_lock']} of the lock's figures "
             f"({r['basis']}). The comparison below is the original run's.", ""]
+
+
+def _llm_unavailable(lock: dict) -> str:
+    why = next((t.get("rationale", "") for t in lock["trials"] if t.get("proposer") == "heuristic (llm unavailable)"), None)
+    if why is None:
+        return ""
+    reason = why[1:].split("] ", 1)[0] if why.startswith("[") else why
+    return f" **The LLM agent was unavailable** ({reason}); the heuristic proposed every step from then on."
