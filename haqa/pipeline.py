@@ -73,6 +73,20 @@ def deploy(target_name: str, recipe_name: str, out: Path | None = None, *, jobs:
         runner.close()
 
 
+def staleness(history) -> int:
+    """Trials since the last improvement beyond noise (a score better than the best so far by more than
+    twice its relative standard error, and at least 1 %), over the history in measurement order."""
+    best, stale = None, 0
+    for o in history:
+        if o.score is not None and (best is None or o.score > best * (1 + max(2 * o.noise, 0.01))):
+            best, stale = o.score, 0
+        else:
+            stale += 1
+            if o.score is not None and best is not None:
+                best = max(best, o.score)
+    return stale
+
+
 def prepare_device(runner, target: Target, model, jobs: int | None):
     """The llama.cpp toolchain on the device (built or cached) and the source GGUF's path there."""
     toolchain = ensure_toolchain(runner, target, jobs=jobs)
@@ -233,20 +247,7 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
         guard = DriftGuard(lambda: quick_decode(runner, toolchain, device_source, base))
         fresh: list[tuple[int, Candidate, str, str]] = []  # since the last anchor check
         attempts: dict[str, int] = {}
-        best_score, stale, new_trials, reruns = None, 0, 0, 0
-
-        def progress(o: Observation) -> None:
-            """Convergence bookkeeping: a trial counts as progress only beyond the noise."""
-            nonlocal best_score, stale
-            if o.score is not None and (best_score is None or o.score > best_score * (1 + max(2 * o.noise, 0.01))):
-                best_score, stale = o.score, 0
-            else:
-                stale += 1
-                if o.score is not None and best_score is not None:
-                    best_score = max(best_score, o.score)
-
-        for o in history:  # a search that converged before stays converged
-            progress(o)
+        new_trials, reruns = 0, 0
         stop_reason = "trial budget reached"
         queue: list[tuple[Candidate, str, str]] = []
         while True:
@@ -255,6 +256,7 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
             if time.monotonic() - started > recipe.search.max_minutes * 60:
                 stop_reason = "wall-clock budget reached"
                 break
+            stale = staleness(history)  # from the valid history alone, so a resumed search agrees with the first
             if stale >= recipe.search.patience and not queue:
                 stop_reason = f"converged: no improvement beyond noise in {stale} trials"
                 break
@@ -282,7 +284,6 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
             new_trials += 1
             if t.ok:
                 _report(t, "measured", recipe, synthetic)
-            progress(history[-1])
             if t.ok:
                 fresh.append((row, cand, who, why))
             if len(fresh) >= guard.every:
