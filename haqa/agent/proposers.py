@@ -98,7 +98,8 @@ class HeuristicProposer(Proposer):
        per token decode faster). A type is skipped once a higher-precision type was over the quality
        budget (quality falls with bits), or when its roofline bound, scaled by the efficiency seen so
        far, cannot beat the best measured score.
-    2. Local search around the best feasible candidate, one knob at a time in TUNING_ORDER.
+    2. Local search around the best feasible candidate, one knob at a time in TUNING_ORDER; when every
+       one-knob neighbour of the best is measured, around the next best feasible candidate, and so on.
     """
 
     name = "heuristic"
@@ -141,17 +142,22 @@ class HeuristicProposer(Proposer):
                 if untried(cand):
                     return Proposal(cand, "no feasible candidate yet: trying the next grid point", self.name)
             return None
-        base = best.candidate.values()
-        for knob in TUNING_ORDER:
-            for value in self.space.dims[knob]:
-                if value == base[knob]:
-                    continue
-                try:
-                    cand = self.space.make({**base, knob: value})
-                except Exception:
-                    continue
-                if self.space.valid(cand) and untried(cand):
-                    return Proposal(cand, f"from the best so far ({best.candidate.quant}, {best.decode:.1f} tok/s), "
-                                          f"try {knob}={value}", self.name)
+        # Around the best; once all its one-knob neighbours are measured, around the next best, and so on
+        # (a plateau of near-equal points is searched instead of stopping with trials left).
+        for rank, around in enumerate(sorted(feasible, key=lambda o: o.score, reverse=True)):
+            base = around.candidate.values()
+            for knob in TUNING_ORDER:
+                for value in self.space.dims[knob]:
+                    if value == base[knob]:
+                        continue
+                    try:
+                        cand = self.space.make({**base, knob: value})
+                    except Exception:
+                        continue
+                    if self.space.valid(cand) and untried(cand):
+                        where = "the best so far" if rank == 0 else (
+                            f"number {rank + 1} of the measured candidates (the better ones' neighbours are all measured)")
+                        return Proposal(cand, f"from {where} ({around.candidate.quant}, {around.decode:.1f} tok/s), "
+                                              f"try {knob}={value}", self.name)
         return None
 
