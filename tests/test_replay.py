@@ -195,7 +195,7 @@ def test_bench_search_quick_writes_the_tables(haqa, tmp_path):
         assert f"| {name} |" in text
     assert "Quick mode" in text
     runs = json.loads((tmp_path / "runs.json").read_text())
-    assert len(runs["smol-test@local"]["random"]) == 3
+    assert len(runs["landscapes"]["smol-test@local"]["runs"]["random"]) == 3
 
 
 @pytest.mark.slow

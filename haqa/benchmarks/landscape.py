@@ -445,6 +445,9 @@ def _measure_on(runner, target, recipe, model, source_facts, corpus, out: Path, 
                 for x in fresh_points:
                     if x.get("drift_reruns", 0) < 1:
                         x["drift_reruns"] = x.get("drift_reruns", 0) + 1
+                        x.setdefault("superseded", []).append(  # kept: how far a re-measurement moves
+                            {"decode_mean": x["bench"]["decode"]["mean"], "prefill_mean": x["bench"]["prefill"]["mean"],
+                             "measured_at": x.get("measured_at")})
                         x["status"] = "pending"
                         queue.insert(0, x)
                     else:

@@ -94,7 +94,7 @@ def _landscape_files(paths: tuple[Path, ...]) -> list[Path]:
 @click.argument("landscapes", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--quick", is_flag=True, help="3 seeds, no LLM: checks the harness, not the figures")
 @click.option("--seeds", type=click.IntRange(1), default=20, show_default=True)
-@click.option("--llm-seeds", type=click.IntRange(0), default=5, show_default=True,
+@click.option("--llm-seeds", type=click.IntRange(0), default=3, show_default=True,
               help="seeds for the LLM proposer (the embedded model answers in seconds, not milliseconds)")
 @click.option("--budget", type=click.IntRange(1), default=20, show_default=True, help="trials per replayed search")
 @click.option("--proposer", "proposers", multiple=True, type=click.Choice(["heuristic", "llm", "random", "grid", "tpe"]),
@@ -118,7 +118,7 @@ def search(landscapes: tuple[Path, ...], quick: bool, seeds: int, llm_seeds: int
     click.echo(body)
 
 
-def _search_text(files: list[Path], *, quick: bool, seeds: int = 20, llm_seeds: int = 5, budget: int = 20,
+def _search_text(files: list[Path], *, quick: bool, seeds: int = 20, llm_seeds: int = 3, budget: int = 20,
                  proposers: tuple[str, ...] = (), data_out: Path | None = None) -> str:
     from haqa.benchmarks import replay as rp
     from haqa.errors import UserError
@@ -149,8 +149,12 @@ def _search_text(files: list[Path], *, quick: bool, seeds: int = 20, llm_seeds: 
                                          backend=backend, progress=progress)))
     if data_out:
         data_out.parent.mkdir(parents=True, exist_ok=True)
-        data_out.write_text(json.dumps({land.label: {n: [r.__dict__ for r in s.runs] for n, s in sums.items()}
-                                        for land, sums in results}, indent=1) + "\n")
+        data_out.write_text(json.dumps(
+            {"about": "every replayed search of `haqa bench search`: per trial, the index of the point in the "
+                      "landscape file's `points` and its feasible objective (null: failed or over budget)",
+             "landscapes": {land.label: {"file": str(land.path), "runs": {n: [r.as_dict() for r in s.runs]
+                                                                          for n, s in sums.items()}}
+                            for land, sums in results}}) + "\n")
     return rp.search_report(results, seeds=seeds, llm_seeds=llm_seeds, budget=budget, quick=quick,
                             backend=backend, skipped=skipped)
 
