@@ -217,14 +217,14 @@ def test_a_two_point_landscape_is_measured_for_real(tmp_path, monkeypatch):
         '[search]\nquants = ["Q4_1"]\n[quality]\nmax_kld = 0.1\nchunks = 2\nctx = 128\n'
         '[workload]\nmin_context = 1024\nprompt_tokens = 32\ngen_tokens = 8\n')
     out = tmp_path / "land.json"
-    data = ls.measure("local", str(recipe), out, quick=True, max_wait_s=0, repeat_top=1)
+    data = ls.measure("local", str(recipe), out, quick=True, quiet_guard=False, repeat_top=1)
     assert data["complete"] and len(data["points"]) == 2
     assert all(p["status"] == "ok" and p["bench"]["decode"]["mean"] > 0 for p in data["points"])
     assert {p["values"]["repack"] for p in data["points"]} == {True, False}
     q = data["quality"]["Q4_1|f16"]
     assert q["kld_mean"] == pytest.approx(0.0, abs=1e-3)  # the source itself
     assert any(h["event"] == "baseline" for h in data["anchor"]["history"]) and len(data["repeats"]) == 1
-    again = ls.measure("local", str(recipe), out, quick=True, max_wait_s=0, repeat_top=1)  # resumes: nothing left
+    again = ls.measure("local", str(recipe), out, quick=True, quiet_guard=False, repeat_top=1)  # resumes: nothing left
     assert again["points"] == data["points"]
     land = rp.Landscape.load(out)
     sums = rp.run_all(land, ["heuristic", "grid", "random", "tpe"], seeds=2, budget=2)

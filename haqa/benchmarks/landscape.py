@@ -184,8 +184,9 @@ def _budget_for(minutes: float | None) -> str:
 def measure(target_name: str, recipe_name: str, out: Path, *, quick: bool = False, overrides: tuple[str, ...] = (),
             seed: int = 0, fresh: bool = False, max_minutes: float | None = None, limit: int | None = None,
             jobs: int | None = None, repeat_top: int = REPEAT_TOP, plan_only: bool = False,
-            max_wait_s: float = MAX_WAIT_S) -> dict:
-    """Measure (or resume) a landscape and write it to `out`; returns the data."""
+            quiet_guard: bool = True) -> dict:
+    """Measure (or resume) a landscape and write it to `out`; returns the data. `quiet_guard=False`
+    measures without waiting for (or re-measuring after) other processes' load on this machine."""
     from haqa.measure.corpus import load_corpus
     from haqa.model.gguf_facts import read_facts
     from haqa.model.source import resolve_model
@@ -202,14 +203,14 @@ def measure(target_name: str, recipe_name: str, out: Path, *, quick: bool = Fals
         return _measure_on(runner, target, recipe, model, source_facts, corpus, out, quick=quick, overrides=overrides,
                            names=(target_name, recipe_name),
                            seed=seed, fresh=fresh, max_minutes=max_minutes, limit=limit, jobs=jobs,
-                           repeat_top=repeat_top, plan_only=plan_only, max_wait_s=max_wait_s)
+                           repeat_top=repeat_top, plan_only=plan_only, quiet_guard=quiet_guard)
     finally:
         if runner is not None:
             runner.close()
 
 
 def _measure_on(runner, target, recipe, model, source_facts, corpus, out: Path, *, quick, overrides, names, seed, fresh,
-                max_minutes, limit, jobs, repeat_top, plan_only=False, max_wait_s=MAX_WAIT_S) -> dict:
+                max_minutes, limit, jobs, repeat_top, plan_only=False, quiet_guard=True) -> dict:
     from haqa.benchmarks.replay import Landscape
     from haqa.measure.bench import quick_decode, run_bench
     from haqa.measure.drift import DriftGuard
@@ -373,7 +374,7 @@ def _measure_on(runner, target, recipe, model, source_facts, corpus, out: Path, 
 
     # Speed: every point in the shuffled order, under the pipeline's drift guard.
     space = SearchSpace(dims=dims, ctx_size=full.ctx_size)
-    load = ForeignLoad(max_wait_s) if runner.name == "local" else None
+    load = ForeignLoad() if runner.name == "local" and quiet_guard else None
 
     def anchor() -> float:
         if load:

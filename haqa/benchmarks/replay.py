@@ -199,8 +199,9 @@ def replay(land: Landscape, proposer: Proposer, *, budget: int = 20, seed: int =
     patience = patience or int(search.get("patience", 4))
     max_trials = max_trials or int(search.get("max_trials", 8))
     run = Run(proposer=proposer.name, seed=seed)
+    from haqa.pipeline import staleness
+
     history: list[Observation] = []
-    best_score, stale = None, 0
     started = time.monotonic()
     while len(run.scores) < budget:
         proposal = proposer.suggest(history)
@@ -214,14 +215,8 @@ def replay(land: Landscape, proposer: Proposer, *, budget: int = 20, seed: int =
         run.scores.append(o.score)
         run.names.append(cand.name)
         run.points.append(land.index(cand))
-        # the pipeline's convergence bookkeeping: progress only beyond the noise
-        if o.score is not None and (best_score is None or o.score > best_score * (1 + max(2 * o.noise, 0.01))):
-            best_score, stale = o.score, 0
-        else:
-            stale += 1
-            if o.score is not None and best_score is not None:
-                best_score = max(best_score, o.score)
-        if run.live_stop is None and (len(run.scores) >= max_trials or stale >= patience):
+        # the pipeline's stopping rule: the trial budget, or patience without progress beyond the noise
+        if run.live_stop is None and (len(run.scores) >= max_trials or staleness(history) >= patience):
             run.live_stop = len(run.scores)
     run.seconds = time.monotonic() - started
     run.fallbacks = getattr(proposer, "fallbacks", 0)
@@ -426,8 +421,8 @@ def landscape_table(land: Landscape, summaries: dict[str, Summary], budget: int)
                      f" ({f['anchor_drifts']} over the 10 % tolerance, whose points were measured again)")
     if f["remeasured_moves"]:
         mv = sorted(f["remeasured_moves"])
-        noise.append(f"{len(mv)} points measured again after an anchor alarm moved by a median "
-                     f"{median(mv) * 100:.1f} % (at most {mv[-1] * 100:.1f} %)")
+        noise.append(f"points measured again after an anchor alarm moved by a median {median(mv) * 100:.1f} % "
+                     f"(at most {mv[-1] * 100:.1f} %; {len(mv)} re-measurements recorded)")
     if f["repeat_ratios"]:
         noise.append("the best points measured again at the end came out at "
                      + ", ".join(f"{r * 100:.0f} %" for r in f["repeat_ratios"]) + " of their first reading")
