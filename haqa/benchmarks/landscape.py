@@ -225,7 +225,7 @@ def _measure_on(runner, target, recipe, model, source_facts, corpus, out: Path, 
     synthetic = source_facts.synthetic
     w = recipe.workload
     hw = target.hardware
-    base = default_config(target, recipe)
+    base = default_config(target, recipe)  # the pipeline's: reference logits' threads, LLM predictions
     budget_bytes = (hw.ram_gib - target.limits.memory_headroom_gib) * 2**30
     shapes: dict[str, memory.ModelShape] = {}
 
@@ -253,6 +253,9 @@ def _measure_on(runner, target, recipe, model, source_facts, corpus, out: Path, 
     if plan_only:
         return {"label": label, "dims": dims, "points": points, "complete": False, "wall_s": 0.0}
 
+    # The anchor runs where the grid's points run: on a GPU target with every layer on the GPU (the
+    # pipeline's own anchor, its default CPU config, would time an 8B model on the CPU every 3 points).
+    anchor_config = SearchSpace(dims=dims, ctx_size=full.ctx_size).make({}).config
     toolchain = ensure_toolchain(runner, target, jobs=jobs)
     ui.note(f"llama.cpp {toolchain.commit[:8]} toolchain {toolchain.key} in {toolchain.root}")
     if runner.name == "local":
@@ -316,8 +319,10 @@ def _measure_on(runner, target, recipe, model, source_facts, corpus, out: Path, 
             "weight_bytes": {q: float(shape_for(q).tensor_bytes) for q in dims["quant"]},
             "weight_bytes_basis": "predicted (haqa memory model: tensor bytes per quant, as the pipeline's heuristic uses)",
             "prompt_facts": _prompt_facts(target, recipe, source_facts, dims["quant"], shape_for, base, predicted_peak),
-            "quality": {}, "points": points, "anchor": {"config": base.as_dict(), "model": "the source GGUF",
-                                                        "history": []},
+            "quality": {}, "points": points,
+            "anchor": {"config": anchor_config.as_dict(), "model": "the source GGUF", "history": [],
+                       "what": "the drift guard's anchor: decode of 32 tokens, 3 runs, median; the source GGUF at "
+                               "the reduced space's default point (llama.cpp's defaults; every GPU layer on a GPU)"},
             "repeats": [],
         }
     data["command"] = _command(*names, out, quick, overrides, seed)
@@ -379,7 +384,7 @@ def _measure_on(runner, target, recipe, model, source_facts, corpus, out: Path, 
     def anchor() -> float:
         if load:
             load.wait_quiet()
-        return quick_decode(runner, toolchain, device_source, base)
+        return quick_decode(runner, toolchain, device_source, anchor_config)
 
     guard = DriftGuard(anchor)
     fresh_points: list[dict] = []
