@@ -101,7 +101,7 @@ def roofline_table(locks: list[dict], bandwidth: dict, gpu: bool = False) -> str
     key = "gpu" if gpu else "cpu"
     bw = bandwidth[key]
     lines = [f"Bandwidth: {bw['median_gbs']} GB/s median ({bw['min_gbs']}..{bw['best_gbs']}) over {bw['repeats']} "
-             f"copies of {bw['bytes_per_copy'] / 2**30:.0f} GiB, {bw['method']}, {bw['counted']} "
+             f"copies of {bw['bytes_per_copy'] / 2**30:g} GiB, {bw['method']}, {bw['counted']} "
              "(haqa/benchmarks/bandwidth.py).", "",
              "| model | tuned | bytes read per token (predicted) | roofline bound tok/s | tuned decode tok/s (measured) | fraction |",
              "|---|---|---|---|---|---|"]
