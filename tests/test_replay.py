@@ -229,3 +229,26 @@ def test_a_two_point_landscape_is_measured_for_real(tmp_path, monkeypatch):
     land = rp.Landscape.load(out)
     sums = rp.run_all(land, ["heuristic", "grid", "random", "tpe"], seeds=2, budget=2)
     assert all(s.reached == s.seeds for s in sums.values())
+
+
+def test_an_incomplete_landscape_is_replayed_only_when_named(tmp_path):
+    from haqa.cli.bench import _search_text
+
+    data = json.loads(DATA.read_text())
+    data["complete"] = False
+    for p in data["points"][12:]:  # measuring stopped after a shuffled half
+        if p["status"] == "ok":
+            p["status"] = "pending"
+            del p["bench"]
+    part = tmp_path / "partial.json"
+    part.write_text(json.dumps(data))
+    (tmp_path / "whole.json").write_text(DATA.read_text())
+    scanned = _search_text([part, tmp_path / "whole.json"], quick=True)
+    assert "Not replayed: smol-test@local (incomplete)" in scanned and "**Incomplete**" not in scanned
+    named = _search_text([part], quick=True, incomplete=True)
+    assert "**Incomplete**" in named
+    land = rp.Landscape(data)
+    for name in ("grid", "random", "tpe", "heuristic"):  # unmeasured points are refused, never replayed
+        run = rp.replay(land, rp.make_proposer(name, land, land.space(), seed=0), budget=20)
+        assert all(land.data["points"][i]["status"] == "ok" or land.data["points"][i]["status"] == "failed"
+                   for i in run.points)

@@ -406,7 +406,8 @@ def landscape_table(land: Landscape, summaries: dict[str, Summary], budget: int)
         *([] if land.complete else [
             f"**Incomplete**: {f['measured']} of {f['points'] - f['pruned']} points measured when the run stopped. "
             f"The measuring order was shuffled, so they are a uniformly random subset; the replay runs on them "
-            f"only (the others are refused like pruned points), and the best is the best of them.", ""]),
+            f"only (the others are refused like pruned points), and the best is the best of them. A proposer "
+            f"refused the points it wants is handicapped (the heuristic most): no fair comparison.", ""]),
         f"- grid: {grid} (fixed: {fixed}); {f['points']} points: {f['ok']} measured, {f['failed']} failed, "
         f"{f['pruned']} pruned by the memory model; {f['over_budget']} over the quality budget ({budget_text})",
         f"- objective: {obj_text}; best feasible point: {_describe_point(bp['values'], dims)}: "
@@ -540,7 +541,7 @@ def search_report(results: list[tuple[Landscape, dict[str, Summary]]], *, seeds:
     if quick:
         parts.append("**Quick mode**: 3 seeds and no LLM; this checks the harness, not the figures.")
     if skipped:
-        parts.append(f"Not replayed (no measured feasible point yet): {', '.join(skipped)}.")
+        parts.append(f"Not replayed: {', '.join(skipped)}.")
     parts += ["", "Median trials to reach 95 % of the best (searches that reached it / searches):", "",
               summary_table(results)]
     for land, sums in results:

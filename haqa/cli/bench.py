@@ -109,7 +109,7 @@ def search(landscapes: tuple[Path, ...], quick: bool, seeds: int, llm_seeds: int
     from haqa.benchmarks.report import section
 
     text = _search_text(_landscape_files(landscapes), quick=quick, seeds=seeds, llm_seeds=llm_seeds, budget=budget,
-                        proposers=proposers, data_out=data)
+                        proposers=proposers, data_out=data, incomplete=bool(landscapes))
     cmd = "haqa bench search" + (" --quick" if quick else "")
     body = section("Search: the agent against other searches, replayed on measured landscapes", cmd, text)
     if out:
@@ -119,7 +119,10 @@ def search(landscapes: tuple[Path, ...], quick: bool, seeds: int, llm_seeds: int
 
 
 def _search_text(files: list[Path], *, quick: bool, seeds: int = 20, llm_seeds: int = 3, budget: int = 20,
-                 proposers: tuple[str, ...] = (), data_out: Path | None = None) -> str:
+                 proposers: tuple[str, ...] = (), data_out: Path | None = None, incomplete: bool = False) -> str:
+    """The search section; `incomplete`: replay landscapes whose measuring stopped part-way too (named
+    on the command line), else they are listed as skipped: a proposer refused the points it wants
+    is handicapped, so such a replay is no fair comparison."""
     from haqa.benchmarks import replay as rp
     from haqa.errors import UserError
 
@@ -128,8 +131,9 @@ def _search_text(files: list[Path], *, quick: bool, seeds: int = 20, llm_seeds: 
         llm_seeds = 0
     names = list(proposers) or [n for n in rp.PROPOSERS if n != "llm" or llm_seeds > 0]
     lands = [rp.Landscape.load(f) for f in files]
-    skipped = [land.label for land in lands if not land.has_feasible()]
-    lands = [land for land in lands if land.has_feasible()]
+    skipped = [f"{land.label} ({'incomplete' if not land.complete else 'no feasible point'})" for land in lands
+               if not land.has_feasible() or not (land.complete or incomplete)]
+    lands = [land for land in lands if land.has_feasible() and (land.complete or incomplete)]
     if not lands:
         raise UserError("no landscape with a measured, feasible point to replay"
                         + (f" (skipped: {', '.join(skipped)})" if skipped else ""),
