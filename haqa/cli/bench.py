@@ -95,7 +95,8 @@ def _landscape_files(paths: tuple[Path, ...]) -> list[Path]:
 @click.option("--quick", is_flag=True, help="3 seeds, no LLM: checks the harness, not the figures")
 @click.option("--seeds", type=click.IntRange(1), default=20, show_default=True)
 @click.option("--llm-seeds", type=click.IntRange(0), default=3, show_default=True,
-              help="seeds for the LLM proposer (the embedded model answers in seconds, not milliseconds)")
+              help="seeds for the LLM proposer (about 5 to 30 minutes each on 2 busy cores: the embedded model "
+                   "answers in seconds, not milliseconds)")
 @click.option("--budget", type=click.IntRange(1), default=20, show_default=True, help="trials per replayed search")
 @click.option("--proposer", "proposers", multiple=True, type=click.Choice(["heuristic", "llm", "random", "grid", "tpe"]),
               help="only these (repeatable); default: all")
@@ -224,7 +225,9 @@ or single measured peaks as stated; speed comparisons are ratios from interleave
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("docs/data"), show_default=True)
 @click.option("--landscapes", type=click.Path(file_okay=False, path_type=Path), default=LANDSCAPES, show_default=True,
               help="measured landscapes to replay the search against (read only)")
-def all_(quick: bool, out: Path, data_dir: Path, landscapes: Path) -> None:
+@click.option("--llm-seeds", type=click.IntRange(0), default=3, show_default=True,
+              help="seeds of the LLM proposer's replays (about 5 to 30 minutes each on 2 busy cores)")
+def all_(quick: bool, out: Path, data_dir: Path, landscapes: Path, llm_seeds: int) -> None:
     """Run every benchmark and write docs/BENCHMARKS.md."""
     from haqa.benchmarks import memory as mem
     from haqa.benchmarks.report import section
@@ -233,7 +236,7 @@ def all_(quick: bool, out: Path, data_dir: Path, landscapes: Path) -> None:
     cmd = "haqa bench all" + (" --quick" if quick else "")
     text, _ = mem.run(quick=quick, data_out=data_dir / f"memory-grid{suffix}.json")
     doc = HEADER + section("Memory model: predicted against measured peak", cmd, MEMORY_INTRO + text)
-    search_text = _search_text(_landscape_files((landscapes,)), quick=quick,
+    search_text = _search_text(_landscape_files((landscapes,)), quick=quick, llm_seeds=llm_seeds,
                                data_out=data_dir / f"search-replay{suffix}.json")
     doc += "\n" + section("Search: the agent against other searches, replayed on measured landscapes", cmd,
                           search_text)
