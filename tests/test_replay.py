@@ -252,3 +252,15 @@ def test_an_incomplete_landscape_is_replayed_only_when_named(tmp_path):
         run = rp.replay(land, rp.make_proposer(name, land, land.space(), seed=0), budget=20)
         assert all(land.data["points"][i]["status"] == "ok" or land.data["points"][i]["status"] == "failed"
                    for i in run.points)
+
+
+def test_tables_render_again_from_the_replay_data(haqa, tmp_path):
+    code, _, _ = haqa("bench", "search", "--quick", str(DATA), "--out", str(tmp_path / "a.md"),
+                      "--data", str(tmp_path / "runs.json"))
+    assert code == 0
+    code, _, _ = haqa("bench", "search", "--replayed", str(tmp_path / "runs.json"), "--out", str(tmp_path / "b.md"))
+    assert code == 0
+    a, b = (tmp_path / "a.md").read_text(), (tmp_path / "b.md").read_text()
+    table = lambda text: text[text.index("| proposer | runs"):]  # noqa: E731
+    assert table(a) == table(b)
+    assert "rendered from that file" in b

@@ -178,6 +178,14 @@ class Run:
                 "live_stop": self.live_stop, "seconds": round(self.seconds, 2), "fallbacks": self.fallbacks,
                 "replies": self.replies}
 
+    @classmethod
+    def from_dict(cls, proposer: str, d: dict, land: Landscape) -> "Run":
+        """A run from a replay data file (names rebuilt from the landscape's points)."""
+        return cls(proposer=proposer, seed=d["seed"], scores=list(d["scores"]), points=list(d["points"]),
+                   names=[values_name(land.data["points"][i]["values"]) for i in d["points"]], stop=d["stop"],
+                   live_stop=d["live_stop"], seconds=d.get("seconds", 0.0), fallbacks=d.get("fallbacks", 0),
+                   replies=d.get("replies", 0))
+
     def best_after(self, k: int) -> float | None:
         s = [x for x in self.scores[:k] if x is not None]
         return max(s) if s else None

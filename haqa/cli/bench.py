@@ -103,15 +103,21 @@ def _landscape_files(paths: tuple[Path, ...]) -> list[Path]:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the section here")
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="write every replayed search (JSON)")
+@click.option("--replayed", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="the tables from the searches a --data file holds, replaying nothing")
 def search(landscapes: tuple[Path, ...], quick: bool, seeds: int, llm_seeds: int, budget: int,
-           proposers: tuple[str, ...], out: Path | None, data: Path | None) -> None:
+           proposers: tuple[str, ...], out: Path | None, data: Path | None, replayed: Path | None) -> None:
     """Replay the proposers against measured landscapes (default: docs/data/landscapes/*.json) at
     equal trial budgets: trials to reach 95 % of the best, best found after 5, 10 and 20 trials."""
     from haqa.benchmarks.report import section
 
-    text = _search_text(_landscape_files(landscapes), quick=quick, seeds=seeds, llm_seeds=llm_seeds, budget=budget,
-                        proposers=proposers, data_out=data, incomplete=bool(landscapes))
-    cmd = "haqa bench search" + (" --quick" if quick else "")
+    if replayed:
+        text = _replayed_text(replayed)
+        cmd = f"haqa bench search --replayed {replayed}"
+    else:
+        text = _search_text(_landscape_files(landscapes), quick=quick, seeds=seeds, llm_seeds=llm_seeds,
+                            budget=budget, proposers=proposers, data_out=data, incomplete=bool(landscapes))
+        cmd = "haqa bench search" + (" --quick" if quick else "")
     body = section("Search: the agent against other searches, replayed on measured landscapes", cmd, text)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -157,11 +163,47 @@ def _search_text(files: list[Path], *, quick: bool, seeds: int = 20, llm_seeds: 
         data_out.write_text(json.dumps(
             {"about": "every replayed search of `haqa bench search`: per trial, the index of the point in the "
                       "landscape file's `points` and its feasible objective (null: failed or over budget)",
+             "seeds": seeds, "llm_seeds": llm_seeds if "llm" in names else 0, "budget": budget, "quick": quick,
+             "llm_model": getattr(backend, "model", None), "date": _today(),
              "landscapes": {land.label: {"file": str(land.path), "runs": {n: [r.as_dict() for r in s.runs]
                                                                           for n, s in sums.items()}}
                             for land, sums in results}}) + "\n")
     return rp.search_report(results, seeds=seeds, llm_seeds=llm_seeds, budget=budget, quick=quick,
                             backend=backend, skipped=skipped)
+
+
+def _today() -> str:
+    import datetime as dt
+
+    return dt.date.today().isoformat()
+
+
+def _replayed_text(path: Path) -> str:
+    """The search section from a `--data` file of an earlier `haqa bench search` (no replaying)."""
+    from haqa.benchmarks import replay as rp
+
+    data = json.loads(path.read_text())
+    results = []
+    for label, entry in data["landscapes"].items():
+        land = rp.Landscape.load(Path(entry["file"]))
+        best, _ = land.best()
+        results.append((land, {n: rp.Summary(n, [rp.Run.from_dict(n, r, land) for r in runs], best)
+                               for n, runs in entry["runs"].items()}))
+    sums = [s for _, ss in results for s in ss.values()]
+    seeds = data.get("seeds") or max((s.seeds for s in sums if s.proposer in ("random", "tpe")), default=0)
+    llm = [s.seeds for s in sums if s.proposer == "llm"]
+    llm_seeds = data.get("llm_seeds", max(llm, default=0))
+    budget = data.get("budget") or max(len(r.scores) for s in sums for r in s.runs)
+    model = data.get("llm_model")
+    if llm and not model:
+        from haqa.agent.llm import default_embedded_model
+
+        model = os.path.basename(os.environ.get("HAQA_EMBEDDED_MODEL") or default_embedded_model())
+    backend = type("Replayed", (), {"model": model})()
+    note = (f"The searches were replayed by `haqa bench search --data {path}`"
+            + (f" on {data['date']}" if data.get("date") else "") + f"; these tables are rendered from that file.\n\n")
+    return note + rp.search_report(results, seeds=seeds, llm_seeds=llm_seeds, budget=budget,
+                                   quick=bool(data.get("quick")), backend=backend)
 
 
 @bench.command("tuned")
