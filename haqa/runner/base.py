@@ -8,6 +8,25 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
+from haqa.errors import UserError
+
+MIB = 2**20
+
+
+class DiskFull(UserError):
+    """The device's disk cannot hold a file haqa is writing. Names the device path, the free space and
+    the space needed; whatever was half-written has been removed."""
+
+    def __init__(self, device: str, path: PurePath, *, needed: int | None, free: int | None, what: str):
+        need = f"needs about {needed / MIB:.1f} MiB" if needed else "needs more space"
+        have = f"{free / MIB:.1f} MiB free there" if free is not None else "free space unknown"
+        super().__init__(
+            f"not enough disk space on {device} for {what}: {path} {need}, {have}",
+            hint="free space on the device (or point [connect].workdir at a larger disk), then run the same "
+                 "command again: haqa resumes where it stopped",
+        )
+        self.path, self.needed, self.free = path, needed, free
+
 
 @dataclass
 class CommandResult:
@@ -26,6 +45,11 @@ class CommandResult:
 
 class Runner(abc.ABC):
     """Runs argv lists on a device and moves files to and from its work directory.
+
+    Every command haqa runs must be safe to start again from the beginning (outputs are written to
+    `.part` files and moved into place on success; builds are incremental): a runner whose connection
+    drops while a command runs stops what is left of it on the device and runs it again once the
+    connection is back, a bounded number of times.
 
     `home` is the work directory on the device, with a fixed layout: `src/` (llama.cpp sources),
     `toolchains/<key>/` (builds keyed by source hash and flags), `models/` (GGUFs, named by content
@@ -69,6 +93,29 @@ class Runner(abc.ABC):
     @abc.abstractmethod
     def mkdir(self, remote: PurePath) -> None:
         """Create a folder and its parents on the device."""
+
+    def remove(self, remote: PurePath) -> None:
+        """Delete a file on the device (nothing happens when it is not there)."""
+        raise NotImplementedError
+
+    def size(self, remote: PurePath) -> int | None:
+        """Size in bytes of a file on the device; None when it is not there."""
+        raise NotImplementedError
+
+    def free_bytes(self, remote: PurePath) -> int | None:
+        """Bytes free to this user on the filesystem that holds `remote` (or its nearest existing
+        parent); None when the device cannot say."""
+        return None
+
+    def check_space(self, remote: PurePath, needed: int, what: str) -> None:
+        """DiskFull when the filesystem of `remote` has less than `needed` bytes free (and says so)."""
+        free = self.free_bytes(remote)
+        if free is not None and free < needed:
+            raise DiskFull(self.label_for_errors, remote, needed=needed, free=free, what=what)
+
+    @property
+    def label_for_errors(self) -> str:
+        return getattr(self, "label", None) or self.name
 
     @abc.abstractmethod
     def read_text(self, remote: PurePath) -> str: ...

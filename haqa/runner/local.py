@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import os
 import platform
 import shutil
@@ -17,7 +18,7 @@ from pathlib import Path, PurePath
 from haqa import paths
 from haqa.errors import UserError
 from haqa.hashing import cached_sha256
-from haqa.runner.base import CommandResult, Runner
+from haqa.runner.base import CommandResult, DiskFull, Runner
 
 TAIL_LINES = 60
 
@@ -112,7 +113,16 @@ class LocalRunner(Runner):
             return False
         Path(remote).parent.mkdir(parents=True, exist_ok=True)
         part = Path(f"{remote}.part")
-        shutil.copyfile(local, part)
+        size = Path(local).stat().st_size
+        self.check_space(Path(remote).parent, size, f"a copy of {Path(local).name}")
+        try:
+            shutil.copyfile(local, part)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            part.unlink(missing_ok=True)
+            raise DiskFull("this machine", Path(remote), needed=size, free=self.free_bytes(Path(remote).parent),
+                           what=f"a copy of {Path(local).name}") from None
         os.replace(part, remote)
         return True
 
@@ -127,6 +137,24 @@ class LocalRunner(Runner):
 
     def move(self, src: PurePath, dst: PurePath) -> None:
         os.replace(src, dst)
+
+    def remove(self, remote: PurePath) -> None:
+        Path(remote).unlink(missing_ok=True)
+
+    def size(self, remote: PurePath) -> int | None:
+        try:
+            return Path(remote).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def free_bytes(self, remote: PurePath) -> int | None:
+        path = Path(remote)
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        try:
+            return shutil.disk_usage(path).free
+        except OSError:
+            return None
 
     def mkdir(self, remote: PurePath) -> None:
         Path(remote).mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,14 @@
 """The SSH runner (paramiko): the device is any Linux or macOS machine reachable over SSH.
 
 Commands are argv lists, each element quoted by haqa (shlex) into the one command line SSH carries;
-the remote process becomes the leader of its own process group so a timeout or Ctrl-C can stop
-everything it started. Files move over SFTP, verified by sha256, skipped when already there, and
-resumed after a dropped connection. Host keys are checked against known_hosts; trust on first use
-only when the target says so; a changed key is always refused.
+they run under a small shell that leads their process group, so a timeout or Ctrl-C can stop
+everything they started. A connection that drops while a command runs is re-established (at most
+[connect].reconnects times); the cut-off command's process group is stopped on the device and the
+command runs again from the start (haqa's commands are safe to repeat: see Runner). Files move over
+SFTP, verified by sha256, skipped when already there, and resumed after a dropped connection; a full
+disk is reported as DiskFull with the path and the space, and the partial file removed. Host keys are
+checked against known_hosts; trust on first use only when the target says so; a changed key is always
+refused.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import re
 import select
 import shlex
+import signal
 import socket
 import threading
 import time
@@ -29,15 +34,80 @@ from haqa import paths, ui
 from haqa.config.schema import Connect
 from haqa.errors import ConnectionLost, UserError
 from haqa.hashing import cached_sha256
-from haqa.runner.base import CommandResult, Runner
+from haqa.runner.base import CommandResult, DiskFull, Runner
 
 TAIL_LINES = 60
 CHUNK = 1 << 18
 _PGID = re.compile(r"^HAQA-PGID (\d+)$")
+_SIGNAL = re.compile(r"^HAQA-EXIT-SIGNAL (\d+)$")
 # Started by sshd through the login shell, which sshd made a session (and so process group) leader;
-# `exec` keeps that pid all the way to the program, so $$ is the group to kill.
-_WRAPPER = 'echo "HAQA-PGID $$" >&2; exec "$@"'
+# the outer `exec` keeps that pid for this shell, so $$ is the group to kill. The program runs as its
+# child rather than in its place: sshd reports a death by signal as "exit-signal", which paramiko drops,
+# so the shell reports it (an exit status of 128+N is a death by signal N) for the runner to return -N,
+# as subprocess does on this machine.
+_WRAPPER = ('echo "HAQA-PGID $$" >&2; "$@"; s=$?; '
+            'if [ "$s" -gt 128 ] && [ "$s" -lt 193 ]; then echo "HAQA-EXIT-SIGNAL $((s - 128))" >&2; fi; exit "$s"')
+# Stops process groups left running by a connection that dropped: TERM (make and compilers delete what
+# they were writing), then KILL. A group is touched only if its leader is gone (a group id cannot be
+# reused while any member lives) or is still one of haqa's wrappers. `kill -s SIG -- -PGID` is the form
+# every sh takes (dash refuses `kill -TERM -- -PGID`).
+_REAP = ('for sig in TERM CONT KILL; do for g in "$@"; do a=$(ps -o args= -p "$g" 2>/dev/null); '
+         'case "$a" in ""|*HAQA-PGID*) kill -s "$sig" -- "-$g" 2>/dev/null;; esac; done; '
+         '[ "$sig" = CONT ] && sleep 2; done; true')
+# The same for a group whose leader haqa is still talking to (a timeout, a Ctrl-C). CONT wakes a stopped
+# process so that it can act on its TERM.
+_KILL = ('kill -s TERM -- "-$1" 2>/dev/null; kill -s CONT -- "-$1" 2>/dev/null; sleep 2; '
+         'kill -s KILL -- "-$1" 2>/dev/null; true')
+_STALE_FILE = "stale-process-groups.json"
 _TRANSIENT = (socket.error, EOFError, paramiko.SSHException)
+_DROPS = (EOFError, paramiko.SSHException, ConnectionError, socket.timeout)
+# What a write on a full disk reports: ENOSPC/EDQUOT where the error says so, and plain SFTP "Failure"
+# (protocol version 3, which OpenSSH speaks, has no code for a full disk).
+_NO_SPACE = re.compile(r"no space left|disk quota|quota exceeded|iostream error|\bfailure\b", re.I)
+
+
+def _interrupt_in(e: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C behind an error, if any: a KeyboardInterrupt that lands inside paramiko (in a write,
+    say) can leave it failing while it cleans up, and that failure, not the Ctrl-C, is what reaches
+    haqa; the Ctrl-C must not be mistaken for a dropped connection."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return e
+        seen.add(id(e))
+        e = e.__context__ or e.__cause__
+    return None
+
+
+@contextlib.contextmanager
+def _interrupt_between_blocks() -> Iterator[Callable[[], None]]:
+    """Ctrl-C during a file transfer, taken between two blocks instead of wherever it lands: inside
+    paramiko it can cut an SFTP packet in half, and closing the file then waits for an answer that never
+    comes. Yields the check to call after each block. (Only the main thread receives signals; elsewhere
+    this changes nothing.)"""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield lambda: None
+        return
+    pressed: list[int] = []
+
+    def check() -> None:
+        if pressed:
+            pressed.clear()
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    check()
+
+
+class _Dropped(Exception):
+    """The connection went away while a command ran (internal: run() reconnects and runs it again)."""
+
+
 # paramiko logs each refused forward ("Secsh channel open FAILED") and dropped connection itself; haqa
 # reports what matters, so without a logging setup of the user's its records are not printed.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
@@ -58,6 +128,15 @@ class _TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
         self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
         client.save_host_keys(str(self.known_hosts))
         ui.note(f"trusting {hostname} on first use: {key.get_name()} {key.fingerprint}; saved to {self.known_hosts}")
+
+
+def _program(argv: Sequence[str]) -> str:
+    """The program an argv runs, for messages: through a `python -c CODE program ...` wrapper (the
+    peak-RSS one), the wrapped program."""
+    name = PurePosixPath(argv[0]).name
+    if name.startswith("python") and len(argv) > 3 and argv[1] == "-c":
+        return PurePosixPath(argv[3]).name
+    return name
 
 
 def command_line(argv: Sequence[str], cwd: PurePath | None = None, env: Mapping[str, str] | None = None) -> str:
@@ -89,6 +168,9 @@ class SshRunner(Runner):
         self._sftp: paramiko.SFTPClient | None = None
         self._home: PurePosixPath | None = None
         self._cpu_count: int | None = None
+        # Process groups of commands cut off by a dropped connection, kept on this machine until the
+        # device has been reached again (in this run or the next) and they have been stopped there.
+        self._stale: list[int] = self._load_stale()
         self.bytes_sent = 0  # counted across put() calls; tests use it to prove resumption
 
     # -- connection -----------------------------------------------------------------------------
@@ -169,6 +251,8 @@ class SshRunner(Runner):
         for attempt in range(attempts):
             try:
                 self._connect_once()
+                if self._stale:
+                    self._reap_stale()
                 return self._client
             except UserError:
                 raise
@@ -177,7 +261,8 @@ class SshRunner(Runner):
                 if attempt + 1 == attempts:
                     raise ConnectionLost(
                         f"cannot reach {self.label}: {type(e).__name__}: {e} (after {attempts} attempts)",
-                        hint="check that the device is on and sshd runs; `haqa doctor` checks the rest",
+                        hint="check that the device is on and sshd runs (`haqa doctor` checks the rest), then run the "
+                             "same command again: haqa resumes",
                     ) from None
                 delay = min(2 ** attempt, 10)
                 ui.note(f"connection to {self.label} failed ({type(e).__name__}); retrying in {delay} s")
@@ -188,6 +273,62 @@ class SshRunner(Runner):
         self._ensure()
         return self._sftp
 
+    def _load_stale(self) -> list[int]:
+        try:
+            return [int(g) for g in json.loads((self._local_root / _STALE_FILE).read_text())]
+        except (OSError, ValueError, TypeError):
+            return []
+
+    def _save_stale(self) -> None:
+        path = self._local_root / _STALE_FILE
+        if self._stale:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            part = path.with_name(path.name + ".part")
+            part.write_text(json.dumps(sorted(set(self._stale))))
+            os.replace(part, path)
+        else:
+            path.unlink(missing_ok=True)
+
+    def _add_stale(self, groups: Sequence[int]) -> None:
+        self._stale += [g for g in groups if g not in self._stale]
+        self._save_stale()
+
+    def _reap_stale(self) -> None:
+        """Stop the process groups of commands that a dropped connection cut off (they would otherwise
+        go on running on the device, orphaned, beside the command that replaces them)."""
+        groups = list(self._stale)
+        try:
+            chan = self._client.get_transport().open_session()
+            chan.exec_command(" ".join(["sh", "-c", shlex.quote(_REAP), "haqa", *(str(g) for g in groups)]))
+            chan.recv_exit_status()
+            chan.close()
+        except (*_TRANSIENT, OSError) as e:
+            ui.note(f"could not stop process group(s) {groups} on {self.label} yet: {e}")  # the next connection will
+            return
+        self._stale = [g for g in self._stale if g not in groups]
+        self._save_stale()
+        ui.note(f"{self.label}: stopped process group(s) {', '.join(map(str, groups))} left by the dropped connection")
+
+    @staticmethod
+    def _connection_ending(client: paramiko.SSHClient, wait_s: float = 2.0) -> bool:
+        """Whether the connection is gone, or going (paramiko closes its channels just before it marks
+        the transport inactive): a channel that ended with no exit status either lost its connection
+        or had its shell killed by a signal, and only the transport can tell which."""
+        transport = client.get_transport()
+        deadline = time.monotonic() + wait_s
+        while transport is not None and transport.is_active():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _dropped(self, e: BaseException) -> bool:
+        """Whether an error means the connection is gone (else it is the operation's own error)."""
+        if isinstance(e, _DROPS):
+            return True
+        transport = self._client.get_transport() if self._client else None
+        return transport is None or not transport.is_active()
+
     def _retrying(self, what: str, fn: Callable[[], object]):
         """Run fn, reconnecting (bounded) when the connection drops; fn must be safe to repeat."""
         for attempt in range(1 + self.connect.reconnects):
@@ -197,11 +338,16 @@ class SshRunner(Runner):
             except (ConnectionLost, UserError):
                 raise
             except (*_TRANSIENT, OSError) as e:
+                if (interrupt := _interrupt_in(e)) is not None:
+                    raise interrupt from None
                 if isinstance(e, (FileNotFoundError, PermissionError)) or (isinstance(e, IOError) and getattr(e, "errno", None) in (2, 13)):
                     raise
+                if not self._dropped(e):
+                    raise  # the device answered: a real error of this operation (a full disk, say)
                 ui.note(f"connection to {self.label} dropped during {what} ({type(e).__name__}: {e}); reconnecting")
                 self.close()
-        raise ConnectionLost(f"lost the connection to {self.label} during {what}, {1 + self.connect.reconnects} times")
+        raise ConnectionLost(f"lost the connection to {self.label} during {what}, {1 + self.connect.reconnects} times",
+                             hint="check the device and the network, then run the same command again: haqa resumes")
 
     @property
     def home(self) -> PurePosixPath:  # type: ignore[override]
@@ -231,6 +377,26 @@ class SshRunner(Runner):
         on_line: Callable[[str], None] | None = None,
     ) -> CommandResult:
         argv = [str(a) for a in argv]
+        attempts = 1 + self.connect.reconnects
+        for attempt in range(attempts):
+            try:
+                return self._run_once(argv, timeout=timeout, cwd=cwd, env=env, log_path=log_path, on_line=on_line)
+            except _Dropped as e:
+                program = _program(argv)
+                if attempt + 1 == attempts:
+                    raise ConnectionLost(
+                        f"lost the connection to {self.label} while running {program}, {attempts} times; "
+                        f"its output so far is in {log_path or 'the log'}",
+                        hint="check the device and the network, then run the same command again: haqa resumes",
+                    ) from None
+                ui.note(f"connection to {self.label} lost while running {program} ({e}); reconnecting to run it "
+                        f"again from the start ({attempt + 1} of {self.connect.reconnects} retries)")
+                if log_path:
+                    with open(log_path, "a", encoding="utf-8") as log:
+                        log.write(f"--- haqa: the connection dropped ({e}); {program} runs again from the start ---\n")
+        raise AssertionError("unreachable")
+
+    def _run_once(self, argv: list[str], *, timeout, cwd, env, log_path, on_line) -> CommandResult:
         for attempt in range(2):  # a connection that died while idle is noticed here: start again once
             client = self._ensure()
             try:
@@ -240,13 +406,14 @@ class SshRunner(Runner):
             except (*_TRANSIENT, OSError) as e:
                 self.close()
                 if attempt:
-                    raise ConnectionLost(f"lost the connection to {self.label} starting {argv[0]}: {e}") from None
+                    raise _Dropped(f"cannot start {argv[0]}: {e}") from None
         start = time.monotonic()
         deadline = start + timeout if timeout else None
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         out: list[str] = []
         partial = {"out": "", "err": ""}
         pgid: list[int] = []
+        killed_by: list[int] = []
         log = open(log_path, "a", encoding="utf-8") if log_path else None
 
         def lines(kind: str, data: bytes, final: bool = False) -> None:
@@ -260,7 +427,11 @@ class SshRunner(Runner):
                     if not pgid and (m := _PGID.match(line)):
                         pgid.append(int(m.group(1)))
                         continue
-                    tail.append(line)
+                    if m := _SIGNAL.match(line):
+                        killed_by.append(int(m.group(1)))
+                        line = f"(haqa: {_program(argv)} was killed by signal {m.group(1)})"
+                    else:
+                        tail.append(line)
                 else:
                     out.append(line + "\n")
                 if log:
@@ -283,28 +454,37 @@ class SshRunner(Runner):
                             lines("out", chan.recv(CHUNK))
                         if chan.recv_stderr_ready():
                             lines("err", chan.recv_stderr(CHUNK))
+                    if chan.exit_status == -1 and self._connection_ending(client):
+                        # paramiko marks a channel done when its connection goes, with no status
+                        self._add_stale(pgid)
+                        self.close()
+                        raise _Dropped(f"the connection closed after {time.monotonic() - start:.0f} s")
                     break
                 if deadline and time.monotonic() > deadline:
                     timed_out = True
                     self._kill_group(pgid)
                     break
                 if not client.get_transport().is_active() or chan.closed and not chan.exit_status_ready():
+                    # What the command started may run on, orphaned: stop it on reconnecting.
+                    self._add_stale(pgid)
                     self.close()
-                    raise ConnectionLost(
-                        f"lost the connection to {self.label} while running {argv[0]}; its output so far is in {log_path or 'the log'}"
-                    )
+                    raise _Dropped(f"the connection closed after {time.monotonic() - start:.0f} s")
                 select.select([chan], [], [], 0.2)
-        except BaseException:
+        except _Dropped:
+            raise
+        except BaseException as e:
             if not timed_out:
                 self._await_pgid(chan, pgid)
                 self._kill_group(pgid)  # Ctrl-C (or a lost connection): stop the remote process group
+            if (interrupt := _interrupt_in(e)) is not None and interrupt is not e:
+                raise interrupt from None
             raise
         finally:
             lines("out", b"", final=True)
             lines("err", b"", final=True)
             if log:
                 log.close()
-        code = None if timed_out else chan.recv_exit_status()
+        code = None if timed_out else -killed_by[-1] if killed_by else chan.recv_exit_status()
         chan.close()
         if code == 127 and not pgid:
             raise UserError(f"'{argv[0]}' could not be started on {self.label}: {' '.join(tail) or 'command not found'}")
@@ -330,14 +510,18 @@ class SshRunner(Runner):
         if not pgid:
             return
         g = int(pgid[0])
+        self._add_stale([g])  # until it is done: a second Ctrl-C, or a device gone, leaves it to the next connection
         try:
             client = self._ensure()
             chan = client.get_transport().open_session()
-            chan.exec_command(f"kill -TERM -- -{g} 2>/dev/null; sleep 2; kill -KILL -- -{g} 2>/dev/null; true")
+            chan.exec_command(f"sh -c {shlex.quote(_KILL)} haqa {g}")
             chan.recv_exit_status()
             chan.close()
-        except Exception as e:  # the device may be gone; there is nothing more to do from here
-            ui.note(f"could not stop process group {g} on {self.label}: {e}")
+        except Exception as e:  # the device may be gone: the next connection (of this run or the next) stops it
+            ui.note(f"could not stop process group {g} on {self.label} now ({e}); the next connection will")
+            return
+        self._stale = [x for x in self._stale if x != g]
+        self._save_stale()
 
     def _check(self, argv: Sequence[str], what: str) -> str:
         r = self.run(argv, timeout=600)
@@ -432,6 +616,10 @@ class SshRunner(Runner):
     def exists(self, remote: PurePath) -> bool:
         return self._retrying("stat", lambda: self._stat(remote) is not None)
 
+    def size(self, remote: PurePath) -> int | None:
+        st = self._retrying("stat", lambda: self._stat(remote))
+        return st.st_size if st is not None else None
+
     def mkdir(self, remote: PurePath) -> None:
         def do() -> None:
             sftp = self._sftp_client()
@@ -461,14 +649,45 @@ class SshRunner(Runner):
 
     def write_text(self, remote: PurePath, text: str) -> None:
         self.mkdir(PurePosixPath(remote).parent)
+        part = PurePosixPath(f"{remote}.part")
 
         def do() -> None:
-            part = f"{remote}.part"
-            with self._sftp_client().open(part, "w") as f:
+            with self._sftp_client().open(str(part), "w") as f:
                 f.write(text.encode())
-            self._sftp_client().posix_rename(part, str(remote))
+            self._sftp_client().posix_rename(str(part), str(remote))
 
-        self._retrying("write", do)
+        try:
+            self._retrying("write", do)
+        except OSError as e:
+            self._raise_if_disk_full(e, part, remote, len(text.encode()), f"writing {PurePosixPath(remote).name}")
+            raise
+
+    def free_bytes(self, remote: PurePath) -> int | None:
+        """Free space for this user on the filesystem of `remote` (or its nearest existing parent),
+        from `df -Pk` (POSIX output; Linux, macOS and BusyBox all have it)."""
+        script = 'p=$1; while [ ! -e "$p" ] && [ "$p" != / ]; do p=$(dirname "$p"); done; df -Pk "$p" | tail -n 1'
+        try:
+            r = self.run(["sh", "-c", script, "haqa", str(remote)], timeout=60)
+        except ConnectionLost:
+            raise
+        except UserError:  # no sh or df there
+            return None
+        m = re.search(r"\s(\d+)\s+(\d+)\s+(\d+)\s+\d+%", r.stdout)
+        return int(m.group(3)) * 1024 if r.ok and m else None
+
+    def _raise_if_disk_full(self, error: BaseException, part: PurePosixPath, remote: PurePath, size: int,
+                            what: str) -> None:
+        """After a failed write: when the device's disk is (nearly) full, remove the partial file and
+        raise DiskFull naming the path, the free space and the space needed; else return."""
+        if not _NO_SPACE.search(str(error)) and getattr(error, "errno", None) not in (28, 122):  # ENOSPC, EDQUOT
+            return
+        free = self.free_bytes(PurePosixPath(remote).parent)
+        st = self._stat(part)
+        written = st.st_size if st is not None else 0
+        if free is None or free + written >= size and free >= 1 << 20:
+            return  # there was room: some other failure
+        self.remove(part)
+        raise DiskFull(self.label, remote, needed=size, free=free + written, what=what) from None
 
     def remove(self, remote: PurePath) -> None:
         def do() -> None:
@@ -510,11 +729,18 @@ class SshRunner(Runner):
             return False
         self.mkdir(PurePosixPath(remote).parent)
         part = PurePosixPath(f"{remote}.part")
+        st = self._stat(part)
+        have = st.st_size if st is not None and st.st_size <= size else 0
+        self.check_space(remote, size - have, f"the upload of {local.name}")
         with ui.progress(f"uploading {local.name} to {self.label}", total=size) as bar:
             for fresh_start in (False, True):
                 if fresh_start:
                     self.remove(part)
-                self._retrying(f"the upload of {local.name}", lambda: self._send(local, part, size, bar))
+                try:
+                    self._retrying(f"the upload of {local.name}", lambda: self._send(local, part, size, bar))
+                except OSError as e:
+                    self._raise_if_disk_full(e, part, remote, size, f"the upload of {local.name}")
+                    raise UserError(f"uploading {local} to {self.label}:{remote} failed: {type(e).__name__}: {e}") from None
                 got = self._sha256_now(part)
                 if got == digest:
                     break
@@ -532,7 +758,10 @@ class SshRunner(Runner):
         sftp = self._sftp_client()
         st = self._stat(part)
         offset = st.st_size if st is not None and st.st_size <= size else 0
-        with open(local, "rb") as fin, sftp.open(str(part), "ab" if offset else "wb") as fout:
+        if offset:
+            ui.note(f"resuming the upload of {local.name} at {offset / 2**20:.1f} of {size / 2**20:.1f} MiB")
+        with _interrupt_between_blocks() as interrupted, open(local, "rb") as fin, \
+                sftp.open(str(part), "ab" if offset else "wb") as fout:
             fout.set_pipelined(True)
             fin.seek(offset)
             done = offset
@@ -544,6 +773,7 @@ class SshRunner(Runner):
                 bar.update(done)
                 if self._on_chunk:
                     self._on_chunk(done)
+                interrupted()
 
     _on_chunk: Callable[[int], None] | None = None  # test hook: called after each block is sent
 
@@ -558,11 +788,13 @@ class SshRunner(Runner):
         def receive() -> None:
             sftp = self._sftp_client()
             offset = part.stat().st_size if part.exists() else 0
-            with sftp.open(str(remote), "rb") as fin, open(part, "ab" if offset else "wb") as fout:
+            with _interrupt_between_blocks() as interrupted, sftp.open(str(remote), "rb") as fin, \
+                    open(part, "ab" if offset else "wb") as fout:
                 fin.prefetch()
                 fin.seek(offset)
                 while block := fin.read(CHUNK):
                     fout.write(block)
+                    interrupted()
 
         self._retrying(f"the download of {remote}", receive)
         if cached_sha256(part) != digest:
