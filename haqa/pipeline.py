@@ -17,7 +17,7 @@ from haqa.agent.select import RULE, NothingFeasible, Trial, choose, within_budge
 from haqa.bundle import write_bundle
 from haqa.config import fingerprint, find_file, load_recipe, load_target
 from haqa.config.schema import Recipe, Target
-from haqa.errors import ToolFailed, UserError
+from haqa.errors import ConnectionLost, ToolFailed, UserError
 from haqa.measure.bench import BenchResult, SpeedPolicy, quick_decode, run_bench
 from haqa.measure.corpus import load_corpus
 from haqa.measure.drift import DriftGuard
@@ -28,6 +28,7 @@ from haqa.model.gguf_facts import read_facts
 from haqa.model.source import resolve_model
 from haqa.paths import cache_home
 from haqa.runner import runner_for
+from haqa.runner.base import DiskFull
 from haqa.runtime import RuntimeConfig
 from haqa.toolchain import ensure_toolchain
 
@@ -112,9 +113,12 @@ def reference_for(runner, toolchain, device_source, model, source_facts, corpus,
 
 
 AGENTS = ["auto", "llm", "openai", "ollama", "embedded", "heuristic", "random", "grid"]
+# Failures that say nothing about the candidate: recorded, then measured again by the next run.
+ENVIRONMENT_CAUSES = ("connection", "disk")
 
 
 def _failure_cause(e: ToolFailed) -> str:
+    """oom (the OOM killer's SIGKILL, or an allocation that failed), timeout, crash (another signal) or error."""
     text = (e.output_tail or "").lower()
     if e.timed_out:
         return "timeout"
@@ -154,6 +158,11 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
                              else memory.estimate_quantized(model.path, quant))
         return shapes[quant]
 
+    # What the device taught the memory model: the predicted peaks (host, GPU) of candidates that ran
+    # out of memory there. A candidate predicted to need at least as much of both is not run.
+    out_of_memory: list[tuple[float, float, str]] = []
+    pruned_noted: set[str] = set()
+
     def fits(cand: Candidate) -> tuple[bool, str]:
         need = predicted_peak(target, shape_for(cand.quant), cand.config, tokens=cand.config.ctx_size)
         if need.host > budget_bytes:
@@ -162,7 +171,23 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
         if gpu_budget_bytes is not None and need.gpu > gpu_budget_bytes:
             return False, (f"the memory model predicts {need.gpu / 2**30:.2f} GiB of GPU memory for {cand.quant} with "
                            f"{cand.config.n_gpu_layers} layers offloaded, over the GPU's {gpu_budget_bytes / 2**30:.2f} GiB")
+        for host, gpu, failed in out_of_memory:
+            if need.host >= host and need.gpu >= gpu:
+                why = (f"the memory model predicts {need.host / 2**30:.3f} GiB for {cand.quant} with KV "
+                       f"{cand.config.cache_type_k}, at least the {host / 2**30:.3f} GiB predicted for {failed}, "
+                       f"which ran out of memory on the device")
+                if cand.quant not in pruned_noted:
+                    pruned_noted.add(cand.quant)
+                    ui.note(f"memory model: skipping {cand.quant} ({cand.config.describe()}): {why}")
+                return False, why
         return True, "fits"
+
+    def learn_out_of_memory(cand: Candidate, origin: str) -> None:
+        need = predicted_peak(target, shape_for(cand.quant), cand.config, tokens=cand.config.ctx_size)
+        failed = f"{cand.quant} ({cand.config.describe()})"
+        out_of_memory.append((need.host, need.gpu, failed))
+        ui.note(f"memory model: {failed} ran out of memory on the device {origin} at a predicted "
+                f"{need.host / 2**30:.3f} GiB; candidates predicted to need at least as much are skipped")
 
     space = build_space(target, recipe, n_layer=source_facts.n_layers or 1, fits=fits)
     weight_bytes = {q: float(shape_for(q).tensor_bytes) for q in space.dims["quant"]}
@@ -177,7 +202,8 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
     def prepare(quant: str):
-        candidate, _ = quantize(runner, toolchain, device_source, model.sha256, source_facts.file_type, quant)
+        candidate, _ = quantize(runner, toolchain, device_source, model.sha256, source_facts.file_type, quant,
+                                expected_bytes=int(shape_for(quant).tensor_bytes))
         return candidate, runner.sha256(candidate)
 
     def memory_record(candidate, cand: Candidate, bench: BenchResult) -> dict:
@@ -227,9 +253,14 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
     history: list[Observation] = []
     trials: dict[str, tuple[Candidate, Trial, str, str]] = {}  # key -> (candidate, trial, proposer, rationale)
     try:
-        # Resume: every valid stored trial of a candidate in this space is history already.
+        # Resume: every valid stored trial of a candidate in this space is history already. A trial that
+        # failed for a reason outside the candidate (the connection, the disk) is measured again.
         for rec in store.all():
             if rec.status == "discarded":
+                continue
+            if rec.status == "failed" and rec.cause in ENVIRONMENT_CAUSES:
+                store.discard(rec.id, f"{rec.cause}: failed in an earlier run for a reason outside the candidate; "
+                                      "measured again when proposed")
                 continue
             try:
                 cand = space.make(rec.candidate)
@@ -241,6 +272,8 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
             t = _trial_from_store(rec, cand)
             trials[key] = (cand, t, rec.proposer, rec.rationale or "")
             history.append(observation(cand, t))
+            if t.cause == "oom":
+                learn_out_of_memory(cand, "in an earlier run")
         if trials:
             ui.note(f"resuming: {len(trials)} trial(s) of earlier runs are still valid (store: {store.path})")
 
@@ -271,7 +304,16 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
             key = trial_key(cand)
             if guard.baseline is None:
                 guard.start()
-            t = measure(cand)
+            try:
+                t = measure(cand)
+            except (ConnectionLost, DiskFull) as e:
+                # Not the candidate's fault: recorded (never lost), and measured again by the next run.
+                cause = "connection" if isinstance(e, ConnectionLost) else "disk"
+                store.add(key=key, candidate=cand.values(), quant=cand.quant, model_sha256=None,
+                          toolchain=toolchain.key, status="failed", cause=cause, error=str(e)[-2000:],
+                          proposer=who, rationale=why)
+                ui.note(f"{cand.quant}: failed ({cause}); recorded in {store.path}; the next run measures it again")
+                raise
             attempts[key] = attempts.get(key, 0) + 1
             row = store.add(key=key, candidate=cand.values(), quant=cand.quant, model_sha256=t.model_sha256,
                             toolchain=toolchain.key, status="ok" if t.ok else "failed", cause=t.cause, error=t.error,
@@ -282,6 +324,8 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
             history = [o for o in history if o.candidate.key != cand.key] + [observation(cand, t)]
             proposer.observe(history[-1])
             new_trials += 1
+            if t.cause == "oom":
+                learn_out_of_memory(cand, "just now")
             if t.ok:
                 _report(t, "measured", recipe, synthetic)
             if t.ok:

@@ -3,7 +3,13 @@
 A trial is identified by what makes its measurement valid: the candidate (quant and runtime flags),
 the candidate GGUF's hash and the llama.cpp toolchain. A second deploy reuses what is still valid
 and re-measures nothing else; failed trials are kept with their cause (out of memory, crash, timeout,
-build error) so no proposer is offered them again.
+build error) so no proposer is offered them again. A trial that failed for a reason outside the
+candidate (the connection to the device was lost for good, the device's disk was full) is kept too,
+and the next run marks it discarded and measures the candidate again.
+
+A row is written only when its trial has ended, in one transaction: an interrupted run (Ctrl-C, a
+lost connection, a crash) leaves every finished trial and no half-recorded one, so there is no
+"running" state to clean up.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ CREATE TABLE IF NOT EXISTS trials (
     model_sha256 TEXT,
     toolchain TEXT NOT NULL,
     status TEXT NOT NULL,           -- ok | failed | discarded
-    cause TEXT,                     -- for failed: oom | crash | timeout | build | other; for discarded: why
+    cause TEXT,                     -- for failed: oom | crash | timeout | error | connection | disk; for discarded: why
     error TEXT,
     bench TEXT,                     -- JSON, measured
     quality TEXT,                   -- JSON, measured
