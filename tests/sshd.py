@@ -106,9 +106,19 @@ class SshServer:
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
+            # Frozen first, so that no client reconnects between its sessions' end and its own
+            # (a session outlives the listener that accepted it).
+            os.kill(self.proc.pid, signal.SIGSTOP)
             self.cut_connections()
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
+
+    def restart(self, down_s: float = 3.0) -> None:
+        """Stop the server (every connection dropped), stay down for `down_s`, and start it again on
+        the same port with the same host key, as a device's sshd restarting would."""
+        self.stop()
+        time.sleep(down_s)
+        self.start()
 
     def target_toml(self, name: str, workdir: Path, *, known_hosts: Path | None = None,
                     connect_extra: str = "") -> str:
@@ -140,3 +150,77 @@ class SshServer:
 def start_server(directory: Path) -> SshServer:
     directory.mkdir(parents=True, exist_ok=True)
     return SshServer(directory, _free_port()).start()
+
+
+class MemoryLimit:
+    """A memory-limited cgroup (v2, or v1's memory controller) that processes can be moved into; what
+    they fork stays in it. Exceeding the limit gets the kernel's OOM killer (swap is limited too).
+    Needs root and a writable /sys/fs/cgroup; `MemoryLimit.unavailable()` says why not."""
+
+    V2 = Path("/sys/fs/cgroup")
+    V1 = Path("/sys/fs/cgroup/memory")
+
+    def __init__(self, name: str, limit_bytes: int):
+        self.limit = limit_bytes
+        if (self.V2 / "cgroup.controllers").exists() and "memory" in (self.V2 / "cgroup.controllers").read_text().split():
+            self.version, self.dir = 2, self.V2 / name
+        elif (self.V1 / "memory.limit_in_bytes").exists():
+            self.version, self.dir = 1, self.V1 / name
+        else:
+            raise OSError("no cgroup memory controller is mounted at /sys/fs/cgroup")
+        self.dir.mkdir(exist_ok=True)
+        try:
+            if self.version == 2:
+                control = self.V2 / "cgroup.subtree_control"
+                if "memory" not in control.read_text().split():
+                    control.write_text("+memory")
+                (self.dir / "memory.max").write_text(str(limit_bytes))
+                if (self.dir / "memory.swap.max").exists():
+                    (self.dir / "memory.swap.max").write_text("0")
+            else:
+                (self.dir / "memory.limit_in_bytes").write_text(str(limit_bytes))
+                if (self.dir / "memory.memsw.limit_in_bytes").exists():
+                    (self.dir / "memory.memsw.limit_in_bytes").write_text(str(limit_bytes))
+        except OSError:
+            self.remove()
+            raise
+
+    @staticmethod
+    def unavailable() -> str | None:
+        """None when a memory-limited cgroup can be made here, else the reason."""
+        try:
+            MemoryLimit(f"haqa-probe-{os.getpid()}", 1 << 30).remove()
+            return None
+        except OSError as e:
+            return f"cannot create a memory-limited cgroup under /sys/fs/cgroup: {e}"
+
+    def add(self, pid: int) -> None:
+        (self.dir / "cgroup.procs").write_text(str(pid))
+
+    def oom_kills(self) -> int:
+        """How many processes the OOM killer killed in this cgroup."""
+        text = (self.dir / ("memory.events" if self.version == 2 else "memory.oom_control")).read_text()
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return 0
+
+    def remove(self) -> None:
+        """Move what is left back to the root cgroup and delete this one."""
+        root = self.V2 if self.version == 2 else self.V1
+        procs = self.dir / "cgroup.procs"
+        for _ in range(50):
+            try:
+                pids = procs.read_text().split() if procs.exists() else []
+                for pid in pids:
+                    try:
+                        (root / "cgroup.procs").write_text(pid)
+                    except OSError:
+                        pass
+                self.dir.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.1)
