@@ -264,3 +264,14 @@ def test_tables_render_again_from_the_replay_data(haqa, tmp_path):
     table = lambda text: text[text.index("| proposer | runs"):]  # noqa: E731
     assert table(a) == table(b)
     assert "rendered from that file" in b
+
+
+def test_replayed_searches_are_cached_by_content(land, tmp_path):
+    cache = rp.RunCache(tmp_path)
+    first = rp.run_all(land, ["tpe"], seeds=2, budget=6, cache=cache)
+    assert len(list(tmp_path.glob("*.json"))) == 2
+    again = rp.run_all(land, ["tpe"], seeds=2, budget=6, cache=cache)
+    assert [r.points for r in again["tpe"].runs] == [r.points for r in first["tpe"].runs]
+    assert [r.names for r in again["tpe"].runs] == [r.names for r in first["tpe"].runs]
+    rp.run_all(land, ["tpe"], seeds=2, budget=7, cache=cache)  # another budget: replayed, kept apart
+    assert len(list(tmp_path.glob("*.json"))) == 4

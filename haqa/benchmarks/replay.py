@@ -77,6 +77,9 @@ class Landscape:
         self.weight_bytes = {q: float(b) for q, b in data["weight_bytes"].items()}
         self._by_values = {_values_key(p["values"]): p for p in data["points"]}
         self._index = {_values_key(p["values"]): i for i, p in enumerate(data["points"])}
+        import hashlib
+
+        self.sha256 = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     def index(self, cand: Candidate) -> int:
         """The point's position in the file's `points` list."""
@@ -331,21 +334,83 @@ def quantile(sorted_xs: list[float], q: float) -> float:
     return sorted_xs[i]
 
 
+def code_version() -> str:
+    """What a replayed search depends on besides the landscape: the proposers, the space, the objective
+    and selection rules, this module, the pipeline's stopping rule, and the Optuna and llama-cpp-python
+    versions."""
+    import hashlib
+    import inspect
+    from importlib import metadata
+
+    from haqa import pipeline
+    from haqa.agent import llm, proposers, select, space, tpe
+
+    h = hashlib.sha256()
+    for mod in (proposers, llm, tpe, space, obj, select):
+        h.update(inspect.getsource(mod).encode())
+    h.update(Path(__file__).read_bytes())
+    h.update(inspect.getsource(pipeline.staleness).encode())
+    for dist in ("optuna", "llama_cpp_python"):
+        try:
+            h.update(metadata.version(dist).encode())
+        except metadata.PackageNotFoundError:
+            pass
+    return h.hexdigest()[:16]
+
+
+class RunCache:
+    """Replayed searches kept by content (landscape, proposer, seed, budget, code, LLM model) under
+    haqa's cache: an interrupted `haqa bench search` (the LLM replays take hours on 2 cores) goes on
+    where it stopped, and anything that changed is replayed again."""
+
+    def __init__(self, root: Path | None = None):
+        from haqa import paths
+
+        self.root = root or paths.cache_home() / "replays"
+        self.version = code_version()
+
+    def key(self, land: Landscape, name: str, seed: int, budget: int, model: str | None) -> str:
+        import hashlib
+
+        blob = json.dumps([land.sha256, name, seed, budget, self.version, model if name == "llm" else None])
+        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+    def get(self, key: str, name: str, land: Landscape) -> Run | None:
+        f = self.root / f"{key}.json"
+        try:
+            return Run.from_dict(name, json.loads(f.read_text()), land)
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def put(self, key: str, run: Run) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        part = self.root / f"{key}.json.part"
+        part.write_text(json.dumps(run.as_dict()))
+        part.replace(self.root / f"{key}.json")
+
+
 def run_all(land: Landscape, proposers: list[str], *, seeds: int = 20, llm_seeds: int | None = None,
-            budget: int = 20, backend=None, progress=None) -> dict[str, Summary]:
+            budget: int = 20, backend=None, progress=None, cache: RunCache | None = None) -> dict[str, Summary]:
     """Every proposer on one landscape: `seeds` seeds each (1 for the deterministic ones)."""
     best, _ = land.best()
     out: dict[str, Summary] = {}
+    model = getattr(backend, "model", None)
     for name in proposers:
         n = 1 if name in DETERMINISTIC else (llm_seeds if name == "llm" and llm_seeds is not None else seeds)
         runs = []
         for seed in range(n):
-            space = land.space()
-            proposer = make_proposer(name, land, space, seed, backend=backend)
-            with _quiet():
-                runs.append(replay(land, proposer, budget=budget, seed=seed))
+            key = cache.key(land, name, seed, budget, model) if cache else None
+            run = cache.get(key, name, land) if cache else None
+            if run is None:
+                space = land.space()
+                proposer = make_proposer(name, land, space, seed, backend=backend)
+                with _quiet():
+                    run = replay(land, proposer, budget=budget, seed=seed)
+                if cache:
+                    cache.put(key, run)
+            runs.append(run)
             if progress:
-                progress(name, seed, runs[-1])
+                progress(name, seed, run)
         out[name] = Summary(name, runs, best)
     return out
 

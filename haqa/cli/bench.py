@@ -157,7 +157,7 @@ def _search_text(files: list[Path], *, quick: bool, seeds: int = 20, llm_seeds: 
                 click.echo(f"  {label} {name} seed {seed}: {len(run.scores)} trials in {run.seconds:.1f} s", err=True)
 
         results.append((land, rp.run_all(land, names, seeds=seeds, llm_seeds=llm_seeds, budget=budget,
-                                         backend=backend, progress=progress)))
+                                         backend=backend, progress=progress, cache=rp.RunCache())))
     if data_out:
         data_out.parent.mkdir(parents=True, exist_ok=True)
         data_out.write_text(json.dumps(
