@@ -10,6 +10,9 @@
 # GPU's memory bandwidth, `haqa deploy` (heuristic agent: tuned against Q4_K_M with default flags
 # and against F16, side by side), then the search landscape when time allows.
 # Rehearse on a CPU machine: TARGET=local RECIPE=synth-tiny REHEARSAL_HOME=~/.cache/haqa SKIP_LANDSCAPE=1.
+# ONLY=landscape skips the deploy; LANDSCAPE_SET="knob=v1,v2 ..." narrows the landscape's grid (each
+# word becomes one `--set`) and LANDSCAPE_MINUTES bounds its measuring (a resumable partial file).
+# scripts/gpu-pack.sh makes .gpu/ on a machine with PyPI.
 set -uo pipefail
 TARGET=${TARGET:-h100-sxm-80gb}
 RECIPE=${RECIPE:-synth-llama-3.1-8b}
@@ -38,7 +41,8 @@ run)
   t0=$(date +%s)
   step "environment"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.memory --format=csv 2>&1 | tail -n +1
-  "$PY" -c 'import sys, pydantic, gguf, matplotlib; print(sys.version.split()[0], pydantic.VERSION)' || exit 1
+  "$PY" -c 'import sys, pydantic, gguf, matplotlib; print(sys.version.split()[0], pydantic.VERSION)' \
+    || { echo "missing Python packages: was .gpu/ carried along?"; step "failed"; exit 1; }
   step "toolchain + synthetic model (in parallel)"
   haqa recipes fetch "$RECIPE" >"$WORK/synth.log" 2>&1 &
   synth=$!
@@ -46,13 +50,18 @@ run)
   wait $synth; tail -n 3 "$WORK/synth.log"
   step "GPU memory bandwidth"
   "$PY" -m haqa.benchmarks.bandwidth --gib 2 | tee "$WORK/out/bandwidth.json"
-  step "deploy"
-  haqa deploy --target "$TARGET" --recipe "$RECIPE" --agent heuristic --out "$WORK/out/$RECIPE@$TARGET" 2>&1
-  step "trials"
-  haqa trials list --target "$TARGET" --recipe "$RECIPE" 2>&1 | tail -n 40
-  if haqa bench landscape --help >/dev/null 2>&1 && [ -z "${SKIP_LANDSCAPE:-}" ]; then
+  if [ "${ONLY:-}" != landscape ]; then
+    step "deploy"
+    haqa deploy --target "$TARGET" --recipe "$RECIPE" --agent heuristic --out "$WORK/out/$RECIPE@$TARGET" 2>&1
+    step "trials"
+    haqa trials list --target "$TARGET" --recipe "$RECIPE" 2>&1 | tail -n 40
+  fi
+  if [ -z "${SKIP_LANDSCAPE:-}" ]; then
     step "landscape"
-    haqa bench landscape --target "$TARGET" --recipe "$RECIPE" --out "$WORK/out/landscape.json" 2>&1 | tail -n 30
+    sets=()
+    for s in ${LANDSCAPE_SET:-}; do sets+=(--set "$s"); done
+    [ -n "${LANDSCAPE_MINUTES:-}" ] && sets+=(--max-minutes "$LANDSCAPE_MINUTES")
+    haqa bench landscape --target "$TARGET" --recipe "$RECIPE" "${sets[@]}" --out "$WORK/out/landscape.json" 2>&1 | tail -n 30
   fi
   echo "elapsed: $(( $(date +%s) - t0 )) s"
   step "done"
@@ -60,9 +69,12 @@ run)
 wait)
   limit=${2:-500}
   end=$(( $(date +%s) + limit ))
-  while [ "$(cat "$WORK/step" 2>/dev/null)" != "done" ] && [ "$(date +%s)" -lt "$end" ]; do sleep 10; done
+  while ! grep -qxE "done|failed" "$WORK/step" 2>/dev/null && [ "$(date +%s)" -lt "$end" ]; do sleep 10; done
   echo "step now: $(cat "$WORK/step" 2>/dev/null)"
   grep -vE "^\s*\[ *[0-9]+%\]|comparison round" "$WORK/run.log" | tail -n 80
+  [ -f "$WORK/out/landscape.json" ] && "$PY" -c 'import collections, json, sys
+d = json.load(open(sys.argv[1]))
+print("landscape:", dict(collections.Counter(p["status"] for p in d["points"])), "wall_s", round(d["wall_s"]))' "$WORK/out/landscape.json"
   if [ -n "${OUT:-}" ]; then
     b="$WORK/out/$RECIPE@$TARGET"
     for f in haqa.lock.json REPORT.md pareto.png; do [ -f "$b/$f" ] && cp "$b/$f" "$OUT/"; done
