@@ -13,6 +13,14 @@ PYTEST_ARGS ?=
 # llama-cpp-python compiles llama.cpp while it installs: use every core for that too.
 export CMAKE_BUILD_PARALLEL_LEVEL := $(JOBS)
 
+# GCC before 13 drops the AMX tile shapes in _tile_loadconfig, so llama.cpp's AMX kernels die with SIGILL
+# (haqa/toolchain/build.py says more; haqa's own llama.cpp builds leave AMX out the same way). On a CPU
+# with AMX and such a compiler, llama-cpp-python is compiled without AMX, never from pip's wheel cache.
+NO_AMX    := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+GCC_MAJOR := $(shell c++ --version 2>/dev/null | grep -q 'Free Software Foundation' && c++ -dumpversion 2>/dev/null | cut -d. -f1)
+AMX_CPU   := $(shell grep -qwE 'amx_tile|amx_int8' /proc/cpuinfo 2>/dev/null && echo yes)
+LLAMA_CPP_BUILD_ENV := $(if $(and $(AMX_CPU),$(GCC_MAJOR)),$(shell [ $(GCC_MAJOR) -lt 13 ] && echo 'CFLAGS="$(NO_AMX)" CXXFLAGS="$(NO_AMX)" PIP_NO_CACHE_DIR=1'))
+
 .PHONY: help install deploy prepare test test-fast bench bench-quick clean
 
 help:
@@ -25,7 +33,7 @@ help:
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install -e '.[test]'
+	$(LLAMA_CPP_BUILD_ENV) $(BIN)/python -m pip install -e '.[test]'
 	@touch $(STAMP)
 
 install: $(STAMP)

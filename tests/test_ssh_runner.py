@@ -122,6 +122,51 @@ def _random_file(path: Path, mib: int) -> Path:
     return path
 
 
+def test_folders_haqa_makes_on_the_device_are_private(sshd, tmp_path):
+    """The work directory and what haqa creates in it are the owner's alone (0700), whatever the umask."""
+    home = tmp_path / "fresh" / "haqa-home"
+    r = SshRunner(connect_for(sshd, home), label="loopback-test")
+    try:
+        r.mkdir(r.dir("models", "src"))
+        r.write_text(r.dir("toolchains", "k", "toolchain.json"), "{}")
+    finally:
+        r.close()
+    for d in (tmp_path / "fresh", home, home / "models", home / "models" / "src", home / "toolchains" / "k"):
+        assert oct(d.stat().st_mode & 0o777) == oct(0o700), d
+
+
+def test_an_encrypted_key_works_and_its_passphrase_is_written_nowhere(sshd, tmp_path, monkeypatch, capfd):
+    """HAQA_SSH_KEY_PASSPHRASE unlocks an encrypted key; neither it nor a wrong one shows up in an error,
+    the output, the device's logs and files on this machine, or the files on the device."""
+    canary = "canary-passphrase-7f3a9c"
+    key = tmp_path / "encrypted_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", canary, "-C", "haqa-enc", "-f", str(key)], check=True)
+    authorized = sshd.dir / "authorized_keys"
+    before = authorized.read_text()
+    authorized.write_text(before + (tmp_path / "encrypted_key.pub").read_text())
+    home, local = tmp_path / "device-home", tmp_path / "local"
+    try:
+        monkeypatch.setenv("HAQA_SSH_KEY_PASSPHRASE", canary)
+        r = SshRunner(connect_for(sshd, home, key=str(key)), label="loopback-test", local_root=local)
+        try:
+            out = r.run([sys.executable, "-c", "print('unlocked')"], log_path=r.local_dir("logs") / "cmd.log")
+            r.write_text(r.dir("results", "x.json"), "{}")
+        finally:
+            r.close()
+        assert out.stdout == "unlocked\n"
+        monkeypatch.setenv("HAQA_SSH_KEY_PASSPHRASE", "wrong-" + canary)
+        with pytest.raises(UserError) as err:
+            SshRunner(connect_for(sshd, home, key=str(key), reconnects=0), label="loopback-test",
+                      local_root=local).run(["true"])
+        assert canary not in str(err.value) + (err.value.hint or "")
+    finally:
+        authorized.write_text(before)
+    captured = capfd.readouterr()
+    assert canary not in captured.out + captured.err
+    for f in [p for root in (home, local) for p in root.rglob("*") if p.is_file()]:
+        assert canary.encode() not in f.read_bytes(), f
+
+
 def test_upload_is_verified_and_not_repeated(runner, tmp_path):
     src = _random_file(tmp_path / "blob.bin", 4)
     remote = runner.dir("models", "test", "blob.bin")

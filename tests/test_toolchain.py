@@ -13,7 +13,7 @@ from haqa.config.schema import Target
 from haqa.errors import UserError
 from haqa.runner import LocalRunner
 from haqa.toolchain import LLAMA_CPP_PYTHON_VERSION, TOOLS, ensure_toolchain, llama_cpp_source
-from haqa.toolchain.build import _diagnose, cmake_options
+from haqa.toolchain.build import NO_AMX_FLAGS, _diagnose, amx_workaround, cmake_options, gcc_major
 from tests.conftest import REPO
 
 
@@ -32,6 +32,32 @@ def test_cmake_options_follow_the_target():
     assert orin["LLAMA_BUILD_COMMIT"] == "0c1e5709" and orin["LLAMA_USE_PREBUILT_UI"] == "OFF"
     mac = cmake_options(load_target("apple-m1-8gb"), FakeSource())
     assert mac["GGML_METAL"] == "ON" and "GGML_CUDA" not in mac
+
+
+FSF = "\nCopyright (C) 2022 Free Software Foundation, Inc.\n"
+
+
+@pytest.mark.parametrize("text,major", [
+    ("g++ (Debian 12.2.0-14+deb12u1) 12.2.0" + FSF, 12),
+    ("c++ (Ubuntu 13.3.0-6ubuntu2~24.04) 13.3.0" + FSF, 13),
+    ("c++ (GCC) 11.4.1 20231218 (Red Hat 11.4.1-3)" + FSF, 11),
+    ("Apple clang version 15.0.0 (clang-1500.3.9.4)\nTarget: arm64-apple-darwin23", None),
+    ("Debian clang version 14.0.6\nTarget: x86_64-pc-linux-gnu", None),
+    ("", None),
+])
+def test_gcc_major_version_is_read_from_cxx_version(text, major):
+    assert gcc_major(text) == major
+
+
+def test_amx_is_left_out_only_for_native_gcc_before_13_on_an_amx_cpu():
+    base = {"GGML_NATIVE": "ON", "CMAKE_BUILD_TYPE": "Release"}
+    amx = {"avx512f", "amx_tile", "amx_int8"}
+    out, why = amx_workaround(base, 12, amx)
+    assert out["CMAKE_C_FLAGS"] == out["CMAKE_CXX_FLAGS"] == NO_AMX_FLAGS and "GCC 12" in why
+    assert amx_workaround({**base, "CMAKE_CXX_FLAGS": "-O3"}, 12, amx)[0]["CMAKE_CXX_FLAGS"] == f"-O3 {NO_AMX_FLAGS}"
+    for unchanged in [(base, 13, amx), (base, None, amx), (base, 12, {"avx512f"}),
+                      ({**base, "GGML_NATIVE": "OFF"}, 12, amx)]:
+        assert amx_workaround(*unchanged) == (unchanged[0], None)
 
 
 @pytest.mark.parametrize("log,advice", [

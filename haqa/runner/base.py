@@ -43,6 +43,11 @@ class CommandResult:
         return self.returncode == 0 and not self.timed_out
 
 
+# Folders haqa makes on a device (its work directory and everything under it): the owner's alone. Models,
+# builds and bundles are nobody else's business; the user account that runs them is the owner.
+PRIVATE_DIR = 0o700
+
+
 class Runner(abc.ABC):
     """Runs argv lists on a device and moves files to and from its work directory.
 

@@ -18,7 +18,7 @@ from pathlib import Path, PurePath
 from haqa import paths
 from haqa.errors import UserError
 from haqa.hashing import cached_sha256
-from haqa.runner.base import CommandResult, DiskFull, Runner
+from haqa.runner.base import PRIVATE_DIR, CommandResult, DiskFull, Runner
 
 TAIL_LINES = 60
 
@@ -157,7 +157,7 @@ class LocalRunner(Runner):
             return None
 
     def mkdir(self, remote: PurePath) -> None:
-        Path(remote).mkdir(parents=True, exist_ok=True)
+        Path(remote).mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
 
     def read_text(self, remote: PurePath) -> str:
         return Path(remote).read_text()

@@ -34,7 +34,7 @@ from haqa import paths, ui
 from haqa.config.schema import Connect
 from haqa.errors import ConnectionLost, UserError
 from haqa.hashing import cached_sha256
-from haqa.runner.base import CommandResult, DiskFull, Runner
+from haqa.runner.base import PRIVATE_DIR, CommandResult, DiskFull, Runner
 
 TAIL_LINES = 60
 CHUNK = 1 << 18
@@ -630,7 +630,7 @@ class SshRunner(Runner):
                 path = path.parent
             for p in reversed(missing):
                 try:
-                    sftp.mkdir(str(p))
+                    sftp.mkdir(str(p), mode=PRIVATE_DIR)
                 except IOError:
                     if self._stat(p) is None:
                         raise

@@ -30,6 +30,14 @@ MARKER = "toolchain.json"
 BUILD_TIMEOUT_S = 4 * 3600  # a Pi 4 takes most of an hour; leave room
 _PERCENT = re.compile(r"^\[\s*(\d+)%\]")
 
+# GCC before 13 miscompiles _tile_loadconfig: the inline asm in its amxtileintrin.h names an 8-byte
+# operand, so the stores that fill in the tile shapes are dropped as dead, and the first AMX
+# instruction of llama.cpp's AMX kernels dies with SIGILL (seen with GCC 12.2 on a Xeon with AMX:
+# llama-bench and llama-cpp-python crash in prompt processing whenever weights are repacked). A
+# native build with such a compiler on a CPU with AMX leaves AMX out; GCC 13+ or clang keep it.
+NO_AMX_FLAGS = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+AMX_FIXED_IN_GCC = 13
+
 # What a failed build's log says -> what to install or change.
 _DIAGNOSES = [
     (re.compile(r"No CMAKE_(C|CXX)_COMPILER could be found|CMAKE_(C|CXX)_COMPILER not set|"
@@ -77,6 +85,44 @@ def cmake_options(target: Target, source: LlamaCppSource) -> dict[str, str]:
     return dict(sorted(options.items()))
 
 
+def gcc_major(version_text: str) -> int | None:
+    """GCC's major version from `c++ --version` output ("g++ (Debian 12.2.0-14) 12.2.0" ... "Free Software
+    Foundation"); None for clang or anything else."""
+    if "Free Software Foundation" not in version_text or "clang" in version_text.lower():
+        return None
+    m = re.search(r"\)\s+(\d+)\.\d+", version_text.strip().splitlines()[0])
+    return int(m.group(1)) if m else None
+
+
+def amx_workaround(options: dict[str, str], gcc: int | None, cpu_flags: set[str]) -> tuple[dict[str, str], str | None]:
+    """The options with AMX left out when a native GCC<13 build would enable it, and why (None: unchanged)."""
+    native = options.get("GGML_NATIVE", "ON").upper() not in ("OFF", "0", "FALSE", "NO")
+    if not native or gcc is None or gcc >= AMX_FIXED_IN_GCC or not cpu_flags & {"amx_tile", "amx_int8"}:
+        return options, None
+    out = dict(options)
+    for var in ("CMAKE_C_FLAGS", "CMAKE_CXX_FLAGS"):
+        out[var] = f"{out[var]} {NO_AMX_FLAGS}" if out.get(var) else NO_AMX_FLAGS
+    return out, (f"the device's compiler is GCC {gcc}, whose _tile_loadconfig drops the AMX tile shapes (fixed in "
+                 f"GCC {AMX_FIXED_IN_GCC}): llama.cpp is built without AMX ({NO_AMX_FLAGS}) so its kernels cannot die with SIGILL")
+
+
+def device_compiler_facts(runner: Runner) -> tuple[int | None, set[str]]:
+    """GCC's major version of the device's `c++` (None: clang, or no compiler) and its x86 CPU flags."""
+    try:
+        version = runner.run(["c++", "--version"], timeout=60)
+    except UserError:
+        return None, set()
+    if not version.ok:
+        return None, set()
+    flags: set[str] = set()
+    cpuinfo = runner.run(["cat", "/proc/cpuinfo"], timeout=60)  # none on macOS: no x86 flags to read
+    for line in cpuinfo.stdout.splitlines() if cpuinfo.ok else []:
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[-1].split())
+            break
+    return gcc_major(version.stdout), flags
+
+
 def toolchain_key(source: LlamaCppSource, options: dict[str, str]) -> str:
     blob = json.dumps({"source": source.sha256, "options": options, "tools": TOOLS}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -93,7 +139,7 @@ def ensure_toolchain(runner: Runner, target: Target, *, jobs: int | None = None,
                      source: LlamaCppSource | None = None) -> Toolchain:
     """The built tools for this target, building them on the device only when the cache misses."""
     source = source or llama_cpp_source()
-    options = cmake_options(target, source)
+    options, why = amx_workaround(cmake_options(target, source), *device_compiler_facts(runner))
     key = toolchain_key(source, options)
     root = runner.dir("toolchains", key)
     tc = Toolchain(key=key, root=root, commit=source.commit, source_sha256=source.sha256,
@@ -109,6 +155,8 @@ def ensure_toolchain(runner: Runner, target: Target, *, jobs: int | None = None,
     jobs = jobs or runner.cpu_count()
     ui.step(f"building llama.cpp {source.commit[:8]} for target '{target.name}' "
             f"({', '.join(TOOLS)}; {jobs} jobs; log: {log_path})")
+    if why:
+        ui.note(why)
 
     configure = ["cmake", "-S", str(src), "-B", str(build), *[f"-D{k}={v}" for k, v in options.items()]]
     compile_ = ["cmake", "--build", str(build), "--config", "Release", "-j", str(jobs), "--target", *TOOLS]
