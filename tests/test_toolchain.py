@@ -101,3 +101,28 @@ def test_failed_build_shows_log_tail_and_advice(tmp_path):
     msg = str(e.value)
     assert "building llama.cpp failed" in msg and "/nonexistent/c++" in msg
     assert "compiler" in msg
+
+
+def test_a_second_build_of_the_same_toolchain_waits_for_the_first(tmp_path):
+    """Two cmake runs in one build folder corrupt each other's objects: the lock makes the second wait."""
+    import threading
+
+    from haqa.toolchain.build import _build_lock
+
+    lock = tmp_path / "build.lock"
+    order: list[str] = []
+    inside = threading.Event()
+
+    def first():
+        with _build_lock(lock):
+            inside.set()
+            time.sleep(0.5)
+            order.append("first done")
+
+    t = threading.Thread(target=first)
+    t.start()
+    inside.wait(5)
+    with _build_lock(lock):
+        order.append("second in")
+    t.join()
+    assert order == ["first done", "second in"]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -144,9 +145,35 @@ def ensure_toolchain(runner: Runner, target: Target, *, jobs: int | None = None,
     root = runner.dir("toolchains", key)
     tc = Toolchain(key=key, root=root, commit=source.commit, source_sha256=source.sha256,
                    llama_cpp_python=LLAMA_CPP_PYTHON_VERSION, cmake_options=options)
-    if runner.exists(root / MARKER) and all(runner.exists(tc.bin(t)) for t in TOOLS):
-        return Toolchain(**{**tc.__dict__, "cached": True})
+    def built() -> bool:
+        return runner.exists(root / MARKER) and all(runner.exists(tc.bin(t)) for t in TOOLS)
 
+    if built():
+        return Toolchain(**{**tc.__dict__, "cached": True})
+    with _build_lock(runner.local_dir("toolchains", key) / "build.lock"):
+        if built():  # another haqa process built it while this one waited
+            return Toolchain(**{**tc.__dict__, "cached": True})
+        return _build(runner, target, source, tc, options, why, jobs)
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path):
+    """One build of a toolchain at a time from this machine: two cmake runs in one build folder
+    corrupt each other's objects. A second `haqa` waits for the first (and then finds it built)."""
+    import fcntl
+
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            ui.note(f"another haqa process is building this toolchain; waiting for it ({path})")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _build(runner: Runner, target: Target, source: LlamaCppSource, tc: Toolchain, options: dict[str, str],
+           why: str | None, jobs: int | None) -> Toolchain:
+    key, root = tc.key, tc.root
     src = ensure_source_on_device(runner, source)
     build = root / "build"
     runner.mkdir(build)
