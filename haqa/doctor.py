@@ -71,6 +71,11 @@ def run_checks(runner: Runner, target: Target) -> list[Check]:
     ver = _version(cm) if cm != "missing" else None
     checks.append(Check("cmake", bool(ver and ver >= MIN_CMAKE), cm,
                         f"install cmake >= {'.'.join(map(str, MIN_CMAKE))} ({install}, or pip install cmake)"))
+    from haqa.toolchain.build import AMX_FIXED_IN_GCC, amx_workaround, device_compiler_facts
+
+    _, why = amx_workaround(dict(target.build.cmake), *device_compiler_facts(runner))
+    if why:  # not a failure: the build works around it, at the cost of AMX's faster prompt processing
+        checks.append(Check("AMX", True, why, f"install GCC {AMX_FIXED_IN_GCC}+ (or make `c++` clang++) to keep AMX"))
     if target.hardware.gpu.kind == "cuda":
         nv = tools.get("nvcc", "missing")
         checks.append(Check("nvcc", nv != "missing", nv,
