@@ -129,3 +129,28 @@ def gpu_section(gpu_dir: Path) -> str | None:
         "Roofline against the GPU's measured bandwidth:", "",
         roofline_table([lock], bandwidth, gpu=True),
     ])
+
+
+def gpu_landscape_note(landscape_file: Path, bandwidth_file: Path) -> str | None:
+    """A paragraph on a GPU landscape kept without a deploy (the H200 run): where it was measured, its best
+    point against the roofline of the measured GPU bandwidth; None when the files are not there."""
+    if not landscape_file.is_file() or not bandwidth_file.is_file():
+        return None
+    from haqa.benchmarks.replay import Landscape
+
+    land = Landscape.load(landscape_file)
+    bw = json.loads(bandwidth_file.read_text())["gpu"]
+    _, point = land.best()
+    v, decode = point["values"], point["bench"]["decode"]
+    per_token = land.weight_bytes[v["quant"]]
+    bound = bw["median_gbs"] * 1e9 / per_token
+    gpu = land.data["target"]["facts"]["hardware"]["gpu"]
+    return (f"A second GPU machine, {gpu['name']} ({land.data['target']['name']}), was measured for the search "
+            f"benchmark only: the landscape {land.label} ({len(land.data['points'])} points: quant x GPU layers x flash "
+            f"attention x KV type, {land.data['wall_s'] / 60:.1f} min, {land.data['created'][:10]}; replayed in the search "
+            f"section above; run log in {bandwidth_file.parent}/run.log). Its fastest point, {v['quant']} with "
+            f"{v['n_gpu_layers']} GPU layers, flash attention {v['flash_attn']}, KV {v['kv_type']}, decodes "
+            f"{decode['mean']:.1f} ± {decode['stddev']:.1f} tok/s (n={decode['repetitions']}): {decode['mean'] / bound:.0%} of "
+            f"the roofline {bound:.0f} tok/s set by the GPU's measured copy bandwidth, {bw['median_gbs']:g} GB/s "
+            f"(median of {bw['repeats']}; the datasheet says {gpu['mem_bandwidth_gbs']:g} GB/s), over "
+            f"{per_token / 2**30:.2f} GiB of weights read per token (predicted by the memory model).")

@@ -289,6 +289,10 @@ def all_(quick: bool, out: Path, data_dir: Path, landscapes: Path, llm_seeds: in
     gpu = tuned.gpu_section(Path("docs/data/gpu"))
     if gpu:
         doc += "\n" + f"## {GPU_TITLE}\n\n{gpu}\n"
+        h200 = tuned.gpu_landscape_note(landscapes / "synth-llama-3.1-8b@h200-sxm-141gb.json",
+                                        Path("docs/data/gpu-h200/bandwidth.json"))
+        if h200:
+            doc += f"\n{h200}\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     part = out.with_name(out.name + ".part")
     part.write_text(doc)
