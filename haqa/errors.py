@@ -24,11 +24,34 @@ class ConnectionLost(UserError):
     """The device stopped answering and did not come back within the reconnect budget."""
 
 
+def death_signal(returncode: int | None) -> int | None:
+    """The signal that killed a process, from its exit code as haqa sees it: -N (Python, the SSH runner)
+    or 128+N (a shell, and the peak-memory wrapper)."""
+    if returncode is None:
+        return None
+    if returncode < 0:
+        return -returncode
+    return returncode - 128 if 128 < returncode < 160 else None
+
+
+_SIGNAL_MEANING = {4: "illegal instruction: the build uses an instruction this CPU or its OS cannot run",
+                   6: "aborted", 7: "bus error", 8: "arithmetic exception", 9: "killed (the OOM killer sends this)",
+                   11: "segmentation fault"}
+
+
 class ToolFailed(Exception):
     """A llama.cpp tool exited non-zero or timed out. Carries the tail of its output for the report."""
 
     def __init__(self, argv: list[str], returncode: int | None, output_tail: str, *, timed_out: bool = False):
         what = "timed out" if timed_out else f"exited with code {returncode}"
+        if not timed_out and (sig := death_signal(returncode)):
+            import signal as _signal
+
+            try:
+                name = _signal.Signals(sig).name
+            except ValueError:
+                name = f"signal {sig}"
+            what = f"was killed by {name}" + (f" ({_SIGNAL_MEANING[sig]})" if sig in _SIGNAL_MEANING else "")
         super().__init__(f"{argv[0]} {what}:\n{output_tail}")
         self.argv = argv
         self.returncode = returncode

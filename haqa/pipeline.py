@@ -17,7 +17,7 @@ from haqa.agent.select import RULE, NothingFeasible, Trial, choose, within_budge
 from haqa.bundle import write_bundle
 from haqa.config import fingerprint, find_file, load_recipe, load_target
 from haqa.config.schema import Recipe, Target
-from haqa.errors import ConnectionLost, ToolFailed, UserError
+from haqa.errors import ConnectionLost, ToolFailed, UserError, death_signal
 from haqa.measure.bench import BenchResult, SpeedPolicy, quick_decode, run_bench
 from haqa.measure.corpus import load_corpus
 from haqa.measure.drift import DriftGuard
@@ -122,9 +122,10 @@ def _failure_cause(e: ToolFailed) -> str:
     text = (e.output_tail or "").lower()
     if e.timed_out:
         return "timeout"
-    if "out of memory" in text or "failed to allocate" in text or "cannot allocate" in text or e.returncode in (-9, 137):
+    sig = death_signal(e.returncode)
+    if "out of memory" in text or "failed to allocate" in text or "cannot allocate" in text or sig == 9:
         return "oom"
-    if e.returncode is not None and e.returncode < 0:
+    if sig is not None:
         return "crash"
     return "error"
 

@@ -67,3 +67,24 @@ def test_over_budget_is_never_chosen_even_when_fastest():
     with pytest.raises(NothingFeasible, match="Q4_0: mean KLD 0.2000 > budget"):
         choose([_trial("Q4_0", 300, 0.2)], budget)
     assert choose(trials, Budget(max_kld=0.5, max_ppl_ratio=1.01)).quant == "Q8_0"
+
+
+def test_a_tool_killed_by_a_signal_is_a_crash_and_says_which_signal():
+    """A llama.cpp tool that dies of SIGILL (a build using an instruction the CPU cannot run) under the
+    peak-memory wrapper exits 128+4, as a shell reports it: recorded as a crash, named in the error."""
+    import sys
+
+    from haqa.errors import ToolFailed
+    from haqa.measure.peak_rss import wrap
+    from haqa.pipeline import _failure_cause
+    from haqa.runner import LocalRunner
+
+    die = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGILL)"]
+    r = LocalRunner().run(wrap(sys.executable, die), timeout=60)
+    assert r.returncode == 128 + 4
+    e = ToolFailed(["llama-bench"], r.returncode, r.stderr_tail)
+    assert "killed by SIGILL (illegal instruction" in str(e) and _failure_cause(e) == "crash"
+    assert _failure_cause(ToolFailed(["llama-bench"], -11, "")) == "crash"
+    assert _failure_cause(ToolFailed(["llama-bench"], 137, "")) == "oom"
+    assert _failure_cause(ToolFailed(["llama-bench"], -9, "")) == "oom"
+    assert _failure_cause(ToolFailed(["llama-bench"], 1, "error: unknown argument")) == "error"
