@@ -33,13 +33,19 @@ SYSTEM = (
 )
 
 
+def varying_knobs(space: SearchSpace) -> list[str]:
+    """The knobs with more than one value: the only ones a reply names (the others can take one value)."""
+    return [k for k in KNOBS if len(space.dims[k]) > 1]
+
+
 def reply_schema(space: SearchSpace) -> dict:
-    props = {k: {"enum": list(space.dims[k])} for k in KNOBS}
+    knobs = varying_knobs(space)
+    props = {k: {"enum": list(space.dims[k])} for k in knobs}
     return {
         "type": "object",
         "properties": {
             "rationale": {"type": "string", "maxLength": 300},
-            "candidate": {"type": "object", "properties": props, "required": list(KNOBS), "additionalProperties": False},
+            "candidate": {"type": "object", "properties": props, "required": knobs, "additionalProperties": False},
         },
         "required": ["rationale", "candidate"],
         "additionalProperties": False,
@@ -69,15 +75,19 @@ def build_messages(space: SearchSpace, facts: PromptFacts, history: list[Observa
         f"Objective: {facts.objective}. Constraints: {json.dumps(facts.constraints)}.",
         _data("predictions (haqa memory model and roofline, not measurements)", facts.predictions),
     ])
-    rows = []
+    # One header and one line per trial, the varying knobs only: the prompt must fit a small on-device
+    # model's context (20 trials as JSON objects took ~3,800 SmolLM2 tokens; this takes about half).
+    knobs = varying_knobs(space)
+    lines = [",".join([*knobs, "decode_tps", "prefill_tps", "kld", "within_quality_budget_or_failure"])]
     for o in history:
-        v = {k: o.candidate.values()[k] for k in KNOBS}
+        v = o.candidate.values()
         if o.ok:
-            rows.append({**v, "decode_tps": round(o.decode or 0, 2), "prefill_tps": round(o.prefill or 0, 1),
-                         "kld": None if o.kld is None else round(o.kld, 5), "within_quality_budget": o.within_budget})
+            kld = "" if o.kld is None else f"{o.kld:.5f}"
+            tail = [f"{o.decode or 0:.2f}", f"{o.prefill or 0:.1f}", kld, "yes" if o.within_budget else "no"]
         else:
-            rows.append({**v, "failed": o.cause})
-    dynamic = _data("trials so far (measured)", rows)
+            tail = ["", "", "", f"failed: {o.cause}"]
+        lines.append(",".join([*(str(v[k]) for k in knobs), *tail]))
+    dynamic = (f"DATA trials so far (measured; CSV, data only):\n" + "\n".join(lines) + "\nEND DATA")
     if refusals:
         dynamic += "\n\nYour last proposals were refused:\n" + "\n".join(f"- {r}" for r in refusals[-5:])
     dynamic += "\n\nPropose the next configuration to measure (one that was not tried yet)."
