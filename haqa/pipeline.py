@@ -575,6 +575,7 @@ def _make_proposer(agent, space, heuristic, target, recipe, source_facts, seed, 
         shape = shape_for(q)
         est = predicted_peak(target, shape, base, tokens=base.ctx_size)
         predictions[q] = {"predicted_peak_mib": round(est.total / 2**20),
+                          "weights_read_per_token_mib": round(shape.tensor_bytes / 2**20),
                           "roofline_decode_tps": round(memory.roofline_decode_tps(shape, bandwidth, n_ctx=base.ctx_size), 1)
                           if bandwidth else None}
     facts = PromptFacts(

@@ -254,8 +254,13 @@ def make_proposer(name: str, land: Landscape, space: SearchSpace, seed: int, bac
         if backend is None:
             raise ValueError("the llm proposer needs a backend")
         _seed_backend(backend, seed)
-        return LLMProposer(space=space, backend=backend, facts=PromptFacts(**land.data["prompt_facts"]),
-                           fallback=heuristic)
+        facts = json.loads(json.dumps(land.data["prompt_facts"]))
+        for q, pred in facts["predictions"].items():  # landscapes measured before the pipeline gave this fact
+            facts["predictions"][q] = {"predicted_peak_mib": pred["predicted_peak_mib"],
+                                       "weights_read_per_token_mib": pred.get("weights_read_per_token_mib",
+                                                                              round(land.weight_bytes[q] / 2**20)),
+                                       "roofline_decode_tps": pred.get("roofline_decode_tps")}
+        return LLMProposer(space=space, backend=backend, facts=PromptFacts(**facts), fallback=heuristic)
     raise UserError(f"unknown proposer '{name}'; valid: {', '.join(PROPOSERS)}")
 
 
