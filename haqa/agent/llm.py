@@ -189,8 +189,24 @@ def default_embedded_model() -> str:
     return str(resolve_model(load_recipe("smollm2-135m"), find_file("recipes", "smollm2-135m").parent).path)
 
 
+def endpoint_backend() -> Backend | None:
+    """An OpenAI-compatible endpoint, else Ollama, each when configured and answering; None when neither
+    does. `--agent auto` proposes with it, or with the heuristic when there is none."""
+    if os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_KEY"):
+        b = OpenAIBackend()
+        if b.reachable():
+            return b
+        ui.note("agent: OPENAI_BASE_URL/OPENAI_API_KEY set but the endpoint does not answer")
+    if os.environ.get("OLLAMA_HOST"):
+        b = OllamaBackend()
+        if b.reachable():
+            return b
+        ui.note("agent: OLLAMA_HOST set but Ollama does not answer")
+    return None
+
+
 def make_backend(kind: str, *, threads: int = 2) -> Backend:
-    """`openai`, `ollama`, `embedded`, or `auto` (the first configured and reachable, in that order)."""
+    """`openai`, `ollama`, `embedded`, or `auto` (an endpoint that answers, else the embedded model)."""
     if kind == "openai":
         return OpenAIBackend()
     if kind == "ollama":
@@ -198,17 +214,7 @@ def make_backend(kind: str, *, threads: int = 2) -> Backend:
     if kind == "embedded":
         return EmbeddedBackend(os.environ.get("HAQA_EMBEDDED_MODEL") or default_embedded_model(), threads=threads)
     if kind == "auto":
-        if os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_KEY"):
-            b = OpenAIBackend()
-            if b.reachable():
-                return b
-            ui.note("agent: OPENAI_BASE_URL/OPENAI_API_KEY set but the endpoint does not answer; trying the next backend")
-        if os.environ.get("OLLAMA_HOST"):
-            b = OllamaBackend()
-            if b.reachable():
-                return b
-            ui.note("agent: OLLAMA_HOST set but Ollama does not answer; trying the next backend")
-        return make_backend("embedded", threads=threads)
+        return endpoint_backend() or make_backend("embedded", threads=threads)
     raise UserError(f"unknown LLM backend '{kind}'; valid: auto, openai, ollama, embedded")
 
 

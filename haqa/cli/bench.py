@@ -131,6 +131,7 @@ def _search_text(files: list[Path], *, quick: bool, seeds: int = 20, llm_seeds: 
     on the command line), else they are listed as skipped: a proposer refused the points it wants
     is handicapped, so such a replay is no fair comparison."""
     from haqa.benchmarks import replay as rp
+    from haqa.benchmarks import search_report
     from haqa.errors import UserError
 
     if quick:
@@ -168,7 +169,7 @@ def _search_text(files: list[Path], *, quick: bool, seeds: int = 20, llm_seeds: 
              "landscapes": {land.label: {"file": str(land.path), "runs": {n: [r.as_dict() for r in s.runs]
                                                                           for n, s in sums.items()}}
                             for land, sums in results}}) + "\n")
-    return rp.search_report(results, seeds=seeds, llm_seeds=llm_seeds, budget=budget, quick=quick,
+    return search_report.search_report(results, seeds=seeds, llm_seeds=llm_seeds, budget=budget, quick=quick,
                             backend=backend, skipped=skipped)
 
 
@@ -181,6 +182,7 @@ def _today() -> str:
 def _replayed_text(path: Path) -> str:
     """The search section from a `--data` file of an earlier `haqa bench search` (no replaying)."""
     from haqa.benchmarks import replay as rp
+    from haqa.benchmarks import search_report
 
     data = json.loads(path.read_text())
     results = []
@@ -201,9 +203,9 @@ def _replayed_text(path: Path) -> str:
         model = os.path.basename(os.environ.get("HAQA_EMBEDDED_MODEL") or default_embedded_model())
     backend = type("Replayed", (), {"model": model})()
     note = (f"The searches were replayed by `haqa bench search --data {path}`"
-            + (f" on {data['date']}" if data.get("date") else "") + f"; these tables are rendered from that file.\n\n")
-    return note + rp.search_report(results, seeds=seeds, llm_seeds=llm_seeds, budget=budget,
-                                   quick=bool(data.get("quick")), backend=backend)
+            + (f" on {data['date']}" if data.get("date") else "") + "; these tables are rendered from that file.\n\n")
+    return note + search_report.search_report(results, seeds=seeds, llm_seeds=llm_seeds, budget=budget,
+                                              quick=bool(data.get("quick")), backend=backend)
 
 
 @bench.command("tuned")
