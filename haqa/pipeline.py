@@ -565,9 +565,17 @@ def _make_proposer(agent, space, heuristic, target, recipe, source_facts, seed, 
     if agent not in AGENTS:
         raise UserError(f"unknown agent '{agent}'; valid: {', '.join(AGENTS)}")
     from haqa.agent import objective as obj
-    from haqa.agent.llm import LLMProposer, PromptFacts, make_backend
+    from haqa.agent.llm import LLMProposer, PromptFacts, endpoint_backend, make_backend
 
-    backend = make_backend("auto" if agent in ("auto", "llm") else agent, threads=target.hardware.cores)
+    if agent == "auto":
+        backend = endpoint_backend()
+        if backend is None:
+            ui.note("agent: no LLM endpoint answers (OPENAI_BASE_URL, OLLAMA_HOST): the model-based heuristic proposes. "
+                    "`--agent embedded` asks the offline SmolLM2-135M instead, which needed more trials in the "
+                    "replays of docs/BENCHMARKS.md")
+            return heuristic, "heuristic (auto: no LLM endpoint)"
+    else:
+        backend = make_backend("auto" if agent == "llm" else agent, threads=target.hardware.cores)
     hw = target.hardware
     bandwidth = hw.gpu.mem_bandwidth_gbs if hw.gpu.kind != "none" and hw.gpu.mem_bandwidth_gbs else hw.mem_bandwidth_gbs
     predictions = {}

@@ -299,3 +299,20 @@ def test_trials_reach_the_prompt_as_one_line_each_with_the_knobs_that_vary(space
     varying = [k for k in KNOBS if len(space.dims[k]) > 1]
     assert table[0].split(",")[:len(varying)] == varying and len(table) == 3
     assert table[1].endswith("51.23,400.0,0.01234,yes") and table[2].endswith(",,,failed: oom")
+
+
+def test_auto_without_an_llm_endpoint_proposes_with_the_heuristic(space, monkeypatch):
+    """`--agent auto` asks an endpoint that answers; with none configured the heuristic proposes (the
+    embedded model needs more trials: docs/BENCHMARKS.md), and the lock and the log say which ran."""
+    from haqa.agent.llm import endpoint_backend
+    from haqa.pipeline import _make_proposer
+
+    for var in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "OLLAMA_HOST"):
+        monkeypatch.delenv(var, raising=False)
+    assert endpoint_backend() is None
+    heuristic = HeuristicProposer(space, {"Q8_0": 4, "Q4_1": 3, "Q4_K_M": 2, "Q4_0": 1})
+    proposer, label = _make_proposer("auto", space, heuristic, load_target("rpi5-8gb"), load_recipe("smollm2-135m"),
+                                     None, 0, None, None, None)
+    assert proposer is heuristic and label == "heuristic (auto: no LLM endpoint)"
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # configured, but nothing answers there
+    assert endpoint_backend() is None

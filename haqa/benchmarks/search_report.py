@@ -157,8 +157,9 @@ def summary_table(results: list[tuple[Landscape, dict[str, Summary]]]) -> str:
                 why.append("not fewer than " + ", ".join(beaten))
             verdicts.append(f"{land.label} {'met' if not why else 'not met (' + '; '.join(why) + ')'}")
         if verdicts:
-            who = ("the LLM agent (`--agent auto` without an endpoint: the embedded model)" if agent == "llm"
-                   else "the heuristic (`--agent heuristic`, and the LLM agent's fallback)")
+            who = ("the embedded LLM agent (`--agent embedded`)" if agent == "llm"
+                   else "the heuristic (the default agent when no LLM endpoint answers: `--agent auto`; also "
+                        "`--agent heuristic`, and the LLM agent's fallback)")
             lines += ["", f"Goal (issue 7), {who}: 95 % of the best in at most 8 trials (median), fewer than every "
                           f"baseline: " + "; ".join(verdicts) + "."]
     return "\n".join(lines)
@@ -174,10 +175,13 @@ the device: `suggest(history)`, the stored trial turned into an Observation by t
 (quality budget, objective score, noise), `observe()`. The proposers are the agent's own classes,
 constructed as the pipeline constructs them:
 
-- **heuristic**: HeuristicProposer, with the bytes read per token of each quant predicted by the memory model;
+- **heuristic**: HeuristicProposer, with the bytes read per token of each quant predicted by the memory
+  model. `--agent auto`, the default, proposes with it when no OpenAI-compatible or Ollama endpoint
+  answers (the embedded model below needs more trials and seconds per step, with most of its steps
+  handed to the heuristic anyway: see the llm lines under each landscape);
 - **llm**: LLMProposer with the embedded backend (SmolLM2-135M-Instruct in llama-cpp-python, replies
   constrained to the space's JSON schema, guardrails, and the heuristic after 3 refused replies in a
-  row). `--agent auto`, the default, uses it when no OpenAI-compatible or Ollama endpoint is configured;
+  row): `--agent embedded`, or `--agent llm` when no endpoint answers;
 - **random**: uniformly random untried points; **grid**: every point in a fixed order (quant first);
 - **tpe**: Optuna's TPESampler (multivariate, as llama-optimus configures it; Optuna's default 10
   random start-up trials) over every knob as a categorical parameter, through ask/tell

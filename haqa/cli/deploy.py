@@ -13,8 +13,8 @@ import click
 @click.option("--jobs", "-j", type=click.IntRange(1), default=None, help="compile jobs for the llama.cpp build")
 @click.option("--agent", type=click.Choice(["auto", "llm", "openai", "ollama", "embedded", "heuristic", "random", "grid"]),
               default="auto", show_default=True,
-              help="who proposes candidates: an LLM backend (auto = the first configured and reachable of "
-                   "openai, ollama, embedded) or a baseline")
+              help="who proposes candidates: auto = an LLM endpoint that answers (openai, then ollama), else the "
+                   "model-based heuristic; llm = such an endpoint, else the embedded model; or one backend or baseline")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the random proposer")
 @click.option("--from-lock", "from_lock", type=click.Path(path_type=Path), default=None,
               help="reproduce a bundle's choice (its folder or haqa.lock.json) on a device of the same kind, "
