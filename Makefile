@@ -47,7 +47,7 @@ prepare: $(STAMP)
 	$(BIN)/haqa toolchain build --target local --jobs $(JOBS)
 
 test: prepare
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=20 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not slow' $(PYTEST_ARGS)
