@@ -78,6 +78,7 @@ def landscape(target: str, recipe: str, out: Path | None, quick: bool, overrides
 
 
 LANDSCAPES = Path("docs/data/landscapes")
+LLM_SEEDS = 2  # embedded-LLM replays per landscape: each takes 5 to 12 minutes on 2 cores
 
 
 def _landscape_files(paths: tuple[Path, ...]) -> list[Path]:
@@ -94,7 +95,7 @@ def _landscape_files(paths: tuple[Path, ...]) -> list[Path]:
 @click.argument("landscapes", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--quick", is_flag=True, help="3 seeds, no LLM: checks the harness, not the figures")
 @click.option("--seeds", type=click.IntRange(1), default=20, show_default=True)
-@click.option("--llm-seeds", type=click.IntRange(0), default=2, show_default=True,
+@click.option("--llm-seeds", type=click.IntRange(0), default=LLM_SEEDS, show_default=True,
               help="seeds for the LLM proposer (about 5 to 12 minutes each per landscape on 2 cores: the embedded "
                    "model answers in seconds, not milliseconds)")
 @click.option("--budget", type=click.IntRange(1), default=20, show_default=True, help="trials per replayed search")
@@ -125,7 +126,7 @@ def search(landscapes: tuple[Path, ...], quick: bool, seeds: int, llm_seeds: int
     click.echo(body)
 
 
-def _search_text(files: list[Path], *, quick: bool, seeds: int = 20, llm_seeds: int = 2, budget: int = 20,
+def _search_text(files: list[Path], *, quick: bool, seeds: int = 20, llm_seeds: int = LLM_SEEDS, budget: int = 20,
                  proposers: tuple[str, ...] = (), data_out: Path | None = None, incomplete: bool = False) -> str:
     """The search section; `incomplete`: replay landscapes whose measuring stopped part-way too (named
     on the command line), else they are listed as skipped: a proposer refused the points it wants
@@ -269,7 +270,7 @@ or single measured peaks as stated; speed comparisons are ratios from interleave
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("docs/data"), show_default=True)
 @click.option("--landscapes", type=click.Path(file_okay=False, path_type=Path), default=LANDSCAPES, show_default=True,
               help="measured landscapes to replay the search against (read only)")
-@click.option("--llm-seeds", type=click.IntRange(0), default=2, show_default=True,
+@click.option("--llm-seeds", type=click.IntRange(0), default=LLM_SEEDS, show_default=True,
               help="seeds of the LLM proposer's replays (about 5 to 12 minutes each per landscape on 2 cores)")
 def all_(quick: bool, out: Path, data_dir: Path, landscapes: Path, llm_seeds: int) -> None:
     """Run every benchmark and write docs/BENCHMARKS.md."""
