@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from haqa.config import list_names
 from haqa.config.loader import find_file
@@ -36,10 +37,12 @@ def make_group(kind: str, loader, row, headers: list[str]) -> click.Group:
         f"""List the {kind} visible from here (project, user, built-in)."""
         table = Table(*headers, "file", box=None, pad_edge=False)
         for name, path in list_names(kind).items():
+            # Cells are text from the files (a description may hold "[/]"): never read as markup.
             try:
-                table.add_row(*row(loader(name)), _short(path))
+                table.add_row(*(Text(cell) for cell in row(loader(name))), Text(_short(path)))
             except UserError as e:
-                table.add_row(name, f"[red]invalid[/]: {e.message.splitlines()[-1]}", *[""] * (len(headers) - 2), _short(path))
+                table.add_row(Text(name), Text.assemble(("invalid", "red"), f": {e.message.splitlines()[-1]}"),
+                              *[""] * (len(headers) - 2), Text(_short(path)))
         out.print(table)
 
     @group.command("show")

@@ -28,8 +28,15 @@ def _from_path(src: Source, recipe_dir: Path | None) -> Path:
     p = Path(src.path).expanduser()
     if not p.is_absolute() and recipe_dir is not None:
         p = recipe_dir / p
-    if not p.is_file():
+    if not p.exists():
         raise UserError(f"[source].path: no such file: {p}", hint="fix the path in the recipe, or use hf_repo/hf_file")
+    if p.is_dir():
+        ggufs = sorted(f.name for f in p.glob("*.gguf"))[:5]
+        raise UserError(f"[source].path: {p} is a folder, not a GGUF file",
+                        hint=f"name the .gguf file itself{' (here: ' + ', '.join(ggufs) + ')' if ggufs else ''}")
+    if not p.is_file():
+        raise UserError(f"[source].path: {p} is not a regular file (a device, FIFO or socket)",
+                        hint="point [source].path at a .gguf file")
     return p
 
 
