@@ -513,7 +513,7 @@ def ollama_client(url: str, where: str):
     except ollama.ResponseError as e:
         raise UserError(f"the server {where} does not answer as Ollama does: /api/tags gave HTTP {e.status_code} "
                         f"({_short(e.error)})", hint=_NOT_OLLAMA) from None
-    except Exception as e:  # noqa: BLE001 - an answer the ollama client cannot read (HTML, other JSON)
+    except Exception as e:  # an answer the ollama client cannot read (HTML, other JSON)
         raise UserError(f"the server {where} does not answer as Ollama does: its /api/tags answer is not Ollama's "
                         f"({type(e).__name__}: {_short(str(e))})", hint=_NOT_OLLAMA) from None
     return client
@@ -541,7 +541,7 @@ def create_ollama_model(client, bundle: Bundle, name: str) -> str:
                         hint=_NOT_OLLAMA if e.status_code in (404, 405) else None) from None
     except (ConnectionError, httpx.HTTPError) as e:
         raise UserError(f"lost the Ollama server while creating {name}: {type(e).__name__}: {_short(str(e))}") from None
-    except Exception as e:  # noqa: BLE001 - an answer the ollama client cannot read
+    except Exception as e:  # an answer the ollama client cannot read
         raise UserError(f"creating {name} in Ollama failed: the server's answer is not Ollama's "
                         f"({type(e).__name__}: {_short(str(e))})", hint=_NOT_OLLAMA) from None
     return digest
@@ -575,7 +575,7 @@ def push_to_hub(bundle: Bundle, repo: str, private: bool) -> str:
         info = api.upload_folder(repo_id=repo, folder_path=bundle.root,
                                  allow_patterns=[glob.escape(n) for n in sorted([*bundle.files, SUMS])],
                                  commit_message=f"haqa bundle {bundle.label}")
-    except Exception as e:  # noqa: BLE001 - only huggingface_hub runs here; each failure gets its message
+    except Exception as e:  # only huggingface_hub runs here; each failure gets its message
         raise _hub_failure(e, repo, endpoint) from None
     return info.commit_url
 

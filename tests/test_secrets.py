@@ -28,7 +28,7 @@ import pytest
 
 from haqa import secrets
 from tests.conftest import REPO, free_port, write_tiny_gguf
-from tests.test_ship import LABEL, make_bundle
+from tests.test_ship import LABEL, make_bundle, real_bundle, real_parts  # noqa: F401 - fixtures
 
 HAQA = [sys.executable, "-m", "haqa"]
 API_KEY = "haqa-canary-key-7d41c9e0b2a8f356"  # no known key shape: only its being OPENAI_API_KEY masks it
@@ -249,3 +249,142 @@ def test_an_ollama_host_that_is_not_ollama_is_a_clear_error(small_bundle, haqa, 
         code, out, err = haqa("ship", str(small_bundle), "--ollama", "--ollama-host", server.url)
     assert code == 2 and says in err, err
     _no_traceback(err)
+
+
+# -- slow: a real deploy against a hostile endpoint, and the real server's environment --------------
+
+SHAPE = {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 256, "intermediate_size": 512,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 2048, "max_position_embeddings": 2048,
+         "tie_word_embeddings": True}
+RECIPE = """\
+name = "secret-leak"
+[source]
+synthetic = "{shape}"
+[search]
+quants = ["Q8_0", "Q4_0"]
+max_trials = 2
+patience = 10
+compare_rounds = 0
+[quality]
+max_kld = 0.1
+[workload]
+min_context = 256
+prompt_tokens = 16
+gen_tokens = 4
+"""
+
+
+def _echoing_openai(method, path, headers, body):
+    """An OpenAI-compatible endpoint that rejects every request, echoing the Authorization header it got
+    (401 first, then 500s, which the openai client retries once), with an upstream token of its own."""
+    status = 401 if not _echoing_openai.calls else 500
+    _echoing_openai.calls += 1
+    return _json(status, {"error": {"message": f"bad key {headers.get('authorization')} (upstream: {UPSTREAM})",
+                                    "type": "invalid_request_error", "code": "invalid_api_key"}})
+
+
+_echoing_openai.calls = 0
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    """A project with the synthetic recipe, and a haqa home sharing the cached toolchain (not the trials)."""
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "shape.json").write_text(json.dumps(SHAPE))
+    (tmp_path / "recipes" / "secret-leak.toml").write_text(RECIPE.format(shape=tmp_path / "shape.json"))
+    real = Path(os.environ.get("HAQA_HOME") or Path.home() / ".cache" / "haqa")
+    for sub in ("sources", "src", "toolchains"):
+        (real / sub).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "home" / sub).parent.mkdir(exist_ok=True)
+        (tmp_path / "home" / sub).symlink_to(real / sub)
+    return tmp_path
+
+
+def _written_files(*roots: Path):
+    """Every file haqa wrote under roots (not the shared toolchain it links to), and every tarball member."""
+    for root in roots:
+        for path in root.rglob("*"):
+            if any(p.is_symlink() for p in (path, *path.parents)) or not path.is_file():
+                continue
+            yield str(path), path.read_bytes()
+            if path.name.endswith(".tar.gz"):
+                with tarfile.open(path) as tar:
+                    for m in tar.getmembers():
+                        if m.isfile():
+                            yield f"{path}:{m.name}", tar.extractfile(m).read()
+
+
+@pytest.mark.slow
+def test_an_endpoint_that_echoes_the_api_key_leaks_it_nowhere(project):
+    _echoing_openai.calls = 0
+    with Hostile(_echoing_openai) as endpoint:
+        proc = subprocess.run(
+            [*HAQA, "deploy", "--recipe", "secret-leak", "--agent", "openai", "--out", str(project / "bundle")],
+            cwd=project, capture_output=True, text=True, timeout=900,
+            env={**os.environ, "PYTHONPATH": str(REPO),  # this checkout's haqa, from the project folder too
+                 "HAQA_HOME": str(project / "home"), "OPENAI_BASE_URL": f"{endpoint.url}/v1",
+                 "OPENAI_API_KEY": API_KEY, "HAQA_LLM_MODEL": "hostile"})
+    assert proc.returncode == 0, proc.stderr
+    assert _echoing_openai.calls >= 3, "the endpoint was not asked"
+    # the failure is reported (redacted), and the heuristic took over
+    assert "the openai backend failed: AuthenticationError" in proc.stderr and "Bearer ***" in proc.stderr
+    lock = json.loads((project / "bundle" / "haqa.lock.json").read_text())
+    assert any(t["proposer"] == "heuristic (llm unavailable)" and "Bearer ***" in t["rationale"] for t in lock["trials"])
+    leaks = [API_KEY, API_KEY[:12], API_KEY[-12:], UPSTREAM, UPSTREAM.split()[1]]
+    assert not [s for s in leaks if s in proc.stdout + proc.stderr]
+    written = dict(_written_files(project))
+    for name in ("haqa.lock.json", "REPORT.md", "trials/secret-leak@local.sqlite", "bundle.tar.gz:bundle/REPORT.md"):
+        assert any(path.endswith(name) for path in written), f"{name} was not written"
+    assert any("/logs/" in path for path in written)
+    for path, data in written.items():
+        for secret in leaks:
+            assert secret.encode() not in data, f"{secret!r} leaked into {path}"
+    with sqlite3.connect(project / "home" / "trials" / "secret-leak@local.sqlite") as db:
+        stored = " ".join(str(r) for r in db.execute("SELECT rationale, error FROM trials"))
+    assert "LLM unavailable" in stored and API_KEY not in stored
+
+
+SERVER_SECRETS = {"OPENAI_API_KEY": API_KEY, "HF_TOKEN": HF_TOKEN, "HAQA_SSH_KEY_PASSPHRASE": "correct horse battery",
+                  "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCY", "my_db_password": "pw-0123456789",
+                  "OLLAMA_HOST": "http://ollama:s3cr3t-pass@gpu-box:11434"}
+
+
+@pytest.mark.slow
+def test_run_sh_starts_llama_server_without_the_secrets_of_its_environment(real_bundle):
+    """However run.sh is started (systemd, launchd, `haqa ship`, by hand) it execs llama-server without
+    the secret variables it was given; llama.cpp's own LLAMA_API_KEY is kept, and protects the server."""
+    port = free_port()
+    env = {**os.environ, **SERVER_SECRETS, "LLAMA_API_KEY": "server-key-0a1b2c3d", "HAQA_PLAIN_SETTING": "kept"}
+    server = subprocess.Popen([str(real_bundle / "run.sh"), "--port", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        exe = Path(f"/proc/{server.pid}/exe")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (exe.exists() and exe.resolve().name == "llama-server"):
+            time.sleep(0.05)  # run.sh execs llama-server: the same pid
+        assert exe.resolve().name == "llama-server"
+        environ = dict(item.split("=", 1) for item in
+                       Path(f"/proc/{server.pid}/environ").read_bytes().decode().split("\0") if "=" in item)
+        assert not set(SERVER_SECRETS) & set(environ), sorted(environ)
+        raw = Path(f"/proc/{server.pid}/environ").read_bytes()
+        assert not [v for v in SERVER_SECRETS.values() if v.encode() in raw]
+        assert environ["LLAMA_API_KEY"] == "server-key-0a1b2c3d" and environ["HAQA_PLAIN_SETTING"] == "kept"
+        assert environ["PATH"] == os.environ["PATH"]
+        from openai import AuthenticationError, OpenAI
+
+        url = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + 60
+        while True:  # until the model is loaded
+            try:
+                models = OpenAI(base_url=url, api_key="server-key-0a1b2c3d", max_retries=0, timeout=10).models.list()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+        assert [m.id for m in models.data] == ["smollm2-135m"]
+        with pytest.raises(AuthenticationError):
+            OpenAI(base_url=url, api_key="wrong", max_retries=0, timeout=10).models.list()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
