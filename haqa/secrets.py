@@ -50,8 +50,9 @@ PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\bhf_[A-Za-z0-9]{30,}"), MASK),  # Hugging Face tokens
     (re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})"), MASK),  # GitHub tokens
     (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), MASK),  # AWS access key ids
-    # NAME=value where NAME says what it is: an environment dump, a query string (?api_key=...)
-    (re.compile(rf"(?i)(\b[A-Za-z0-9_]*(?:{'|'.join(SECRET_WORDS)})[A-Za-z0-9_]*=)[^\s&'\",;]+"), rf"\1{MASK}"),
+    # NAME=value where NAME ends in what it is: an environment dump, a query string (?api_key=...); not
+    # gen_tokens=16
+    (re.compile(rf"(?i)(\b[A-Za-z0-9_]*(?:{'|'.join(SECRET_WORDS)}|CREDENTIALS)=)[^\s&'\",;]+"), rf"\1{MASK}"),
 ]
 
 _remembered: set[str] = set()

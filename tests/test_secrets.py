@@ -128,7 +128,7 @@ def test_redaction_masks_secret_values_and_credential_shapes_and_nothing_else(mo
     # What is not a secret stays as it is: ordinary words, short values, paths, hashes, knob names.
     untouched = ["short words: false, short, token, key, password, Bearer token",
                  f"the token file is {tmp_path / 'hf-token'}", "sha256 " + "ab" * 32,
-                 "quant=Q4_K_M kv_type=q8_0 threads=2", "https://huggingface.co/me/smollm2-haqa",
+                 "quant=Q4_K_M kv_type=q8_0 threads=2 gen_tokens=16 TOKENIZERS_PARALLELISM=false", "https://huggingface.co/me/smollm2-haqa",
                  "the key passphrase is wrong: HAQA_SSH_KEY_PASSPHRASE"]
     for text in untouched:
         assert secrets.redact(text) == text
