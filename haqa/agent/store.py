@@ -7,6 +7,9 @@ build error) so no proposer is offered them again. A trial that failed for a rea
 candidate (the connection to the device was lost for good, the device's disk was full) is kept too,
 and the next run marks it discarded and measures the candidate again.
 
+Every text and measurement is redacted of secrets before it is written (haqa/secrets.py): an error
+text that echoes an API key does not keep it here.
+
 A row is written only when its trial has ended, in one transaction: an interrupted run (Ctrl-C, a
 lost connection, a crash) leaves every finished trial and no half-recorded one, so there is no
 "running" state to clean up.
@@ -22,6 +25,7 @@ from pathlib import Path
 
 from haqa import paths, ui
 from haqa.errors import UserError
+from haqa.secrets import redact, redact_obj
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS trials (
@@ -114,6 +118,8 @@ class TrialStore:
             proposer: str, rationale: str | None = None, cause: str | None = None, error: str | None = None,
             bench: dict | None = None, quality: dict | None = None, memory: dict | None = None) -> int:
         """Record one trial (in its own transaction: an interrupted run leaves every finished trial)."""
+        candidate, bench, quality, memory = (redact_obj(x) for x in (candidate, bench, quality, memory))
+        rationale, cause, error = (redact(x) if x else x for x in (rationale, cause, error))
         with self.db:
             cur = self.db.execute(
                 "INSERT INTO trials (key, candidate, quant, model_sha256, toolchain, status, cause, error, bench, "
@@ -126,7 +132,7 @@ class TrialStore:
 
     def discard(self, trial_id: int, why: str) -> None:
         with self.db:
-            self.db.execute("UPDATE trials SET status = 'discarded', cause = ? WHERE id = ?", (why, trial_id))
+            self.db.execute("UPDATE trials SET status = 'discarded', cause = ? WHERE id = ?", (redact(why), trial_id))
 
     def _rows(self, where: str = "", args: tuple = ()) -> list[StoredTrial]:
         cur = self.db.execute(f"SELECT {_COLUMNS} FROM trials {where} ORDER BY id", args)

@@ -35,6 +35,7 @@ from haqa.config.schema import Connect
 from haqa.errors import ConnectionLost, UserError
 from haqa.hashing import cached_sha256
 from haqa.runner.base import PRIVATE_DIR, CommandResult, DiskFull, Runner
+from haqa.secrets import redact
 
 TAIL_LINES = 60
 CHUNK = 1 << 18
@@ -419,7 +420,7 @@ class SshRunner(Runner):
                         f"again from the start ({attempt + 1} of {self.connect.reconnects} retries)")
                 if log_path:
                     with open(log_path, "a", encoding="utf-8") as log:
-                        log.write(f"--- haqa: the connection dropped ({e}); {program} runs again from the start ---\n")
+                        log.write(redact(f"--- haqa: the connection dropped ({e}); {program} runs again from the start ---\n"))
         raise AssertionError("unreachable")
 
     def _run_once(self, argv: list[str], *, timeout, cwd, env, log_path, on_line) -> CommandResult:
@@ -461,7 +462,7 @@ class SshRunner(Runner):
                 else:
                     out.append(line + "\n")
                 if log:
-                    log.write(line + "\n")
+                    log.write(redact(line) + "\n")
                 if on_line:
                     on_line(line)
 
