@@ -94,10 +94,14 @@ def _listed(sums: Path) -> set[str] | None:
 
 
 def _refuse_foreign_folder(path: Path, shown: str) -> None:
-    foreign = foreign_files(path)
-    if foreign == []:
-        return
-    held = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir()) if foreign is None else foreign
+    try:
+        foreign = foreign_files(path)
+        if foreign == []:
+            return
+        held = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir()) if foreign is None else foreign
+    except OSError as e:
+        raise UserError(f"{shown}: {path} cannot be read ({e.strerror}), so haqa cannot tell that it is a bundle "
+                        "it wrote; it will not replace it", hint=_HINT) from None
     listing = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
     if foreign is None:
         what = f"{path} is a folder that is not a haqa bundle (it holds {listing})"
