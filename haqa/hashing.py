@@ -46,13 +46,22 @@ def memo_beside(path: Path, suffix: str, compute: Callable[[Path], Any]) -> Any:
     except (OSError, ValueError, KeyError, AttributeError):
         pass
     value = compute(path)
+    _remember(sidecar, stamp, value)
+    return value
+
+
+def _remember(sidecar: Path, stamp: str, value: Any) -> None:
     try:
         sidecar.write_text(json.dumps({"stamp": stamp, "value": value}))
     except OSError:
         pass  # a read-only folder only costs a recomputation next time
-    return value
 
 
 def cached_sha256(path: Path) -> str:
     """sha256 of a (possibly multi-GB) file, read once per content change."""
     return memo_beside(path, ".sha256.json", sha256_file)
+
+
+def remember_sha256(path: Path, digest: str) -> None:
+    """Tell cached_sha256 the hash of a file just written (hashed while it was written, so not read again)."""
+    _remember(_memo_file(path, ".sha256.json"), _stamp(path), digest)

@@ -16,6 +16,7 @@ from pathlib import Path
 from haqa import __version__, ui
 from haqa.agent.select import RULE, NothingFeasible, Trial, choose, within_budget
 from haqa.bundle import write_bundle
+from haqa.bundle.destination import check_destination
 from haqa.config import fingerprint, find_file, load_recipe, load_target
 from haqa.config.schema import Recipe, Target
 from haqa.errors import ConnectionLost, ToolFailed, UserError, death_signal
@@ -60,6 +61,7 @@ def deploy(target_name: str, recipe_name: str, out: Path | None = None, *, jobs:
     recipe_file = find_file("recipes", recipe_name)
     recipe = load_recipe(recipe_name)
     label = f"{recipe.name}@{target.name}"
+    out = check_destination(out or Path("dist") / label)  # refused before any work, not after a search
     ui.step(f"deploying {label}")
 
     model = resolve_model(recipe, recipe_file.parent)  # checked to be a GGUF before anything is built or sent
@@ -404,7 +406,13 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
     ui.step(f"chose {winner.name}: decode {winner.bench.decode.mean:.1f} tok/s "
             f"{'side by side' if comparison else 'in the search'}, {kld} "
             f"({obj.describe(recipe.objective, w.prompt_tokens)}, within the quality budget)")
-    device_candidate, _ = prepare(winner.quant)
+    device_candidate, sha = prepare(winner.quant)
+    if sha != winner.model_sha256:
+        raise UserError(f"the {winner.quant} candidate {device_candidate} is not the file the chosen configuration "
+                        f"was measured with (sha256 {sha[:12]}, measured {str(winner.model_sha256)[:12]}); refusing to "
+                        "bundle bytes that were not measured",
+                        hint=f"remove it (haqa quantizes it again) and deploy again; if it differs again, the stored "
+                             f"trials measured other bytes: remove {store.path} to measure anew")
     candidate = runner.fetch(device_candidate)
     server = runner.fetch(toolchain.bin("llama-server"))
 
@@ -426,7 +434,8 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
     out = out or Path("dist") / label
     bundle = write_bundle(out, model=candidate, model_name=model_name, server_binary=server,
                           lock=lock, server_args=winner.config.server_args(), label=label, alias=recipe.name,
-                          config=winner.config, recipe=recipe.name, documents=documents(lock))
+                          config=winner.config, recipe=recipe.name, documents=documents(lock),
+                          model_sha256=winner.model_sha256)
     ui.step(f"bundle written: {bundle}  (start it with {bundle}/run.sh)")
     return DeployResult(bundle=bundle, winner=winner, trials=all_trials)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from haqa import ui
 from haqa.agent.select import Trial, within_budget
 from haqa.bundle import write_bundle
+from haqa.bundle.destination import check_destination
 from haqa.config import fingerprint, find_file, load_recipe, load_target
 from haqa.config.schema import Target
 from haqa.errors import UserError
@@ -78,6 +79,7 @@ def deploy_from_lock(lock_path: Path, target_name: str | None = None, out: Path 
                              f"--recipe {lock['recipe']['name']}")
     recipe_file = find_file("recipes", lock["recipe"]["name"])
     recipe = load_recipe(lock["recipe"]["name"])
+    out = check_destination(out or Path("dist") / f"{recipe.name}@{target.name}")  # before any work
     if fingerprint(recipe) != lock["recipe"]["sha256"]:
         ui.note(f"recipe {recipe.name} changed since the lock was written; the lock's choice is reproduced as locked")
     model = resolve_model(recipe, recipe_file.parent)
@@ -152,7 +154,7 @@ def deploy_from_lock(lock_path: Path, target_name: str | None = None, out: Path 
         out = out or Path("dist") / label
         bundle = write_bundle(out, model=local_model, model_name=f"{recipe.name}-{quant}.gguf", server_binary=server,
                               lock=new, server_args=config.server_args(), label=label, alias=recipe.name,
-                              config=config, recipe=recipe.name, documents=documents(new))
+                              config=config, recipe=recipe.name, documents=documents(new), model_sha256=sha)
     finally:
         runner.close()
     ui.step(f"bundle written: {bundle}  (start it with {bundle}/run.sh)")

