@@ -1,6 +1,8 @@
 """Property-based: target and recipe files broken in generated ways (a value of the wrong type or out of
-range, a key removed, an unknown key added, a table replaced by a scalar, TOML syntax damaged) are
-either valid or refused with a UserError that names the file; never another exception."""
+range, hostile text, a key removed, an unknown key added, a table replaced by a scalar, TOML syntax or
+the UTF-8 encoding damaged) are either valid or refused with a UserError that names the file; never
+another exception. The same files go through the real CLI (`validate`, `estimate`): exit 0 or 2, never
+a traceback."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from hypothesis import strategies as st
 
 from haqa.config import load_recipe, load_target
 from haqa.errors import UserError
-from tests.conftest import REPO
+from tests.conftest import REPO, write_tiny_gguf
 
 TARGET = tomllib.loads((REPO / "targets" / "jetson-orin-nano-8gb.toml").read_text())
 TARGET.pop("extends", None)
@@ -24,9 +26,12 @@ RECIPE = tomllib.loads((REPO / "recipes" / "smollm2-135m.toml").read_text())
 RECIPE["source"] = {"path": "model.gguf"}
 RECIPE["name"] = "fuzz-recipe"
 
+HOSTILE_TEXT = ["../../../../x", "/etc/passwd", "[/]", "[bold red]x[/]", "a\nb = 1", "\x7f", "caf\u00e9", "",
+                "$(reboot)", "; rm -rf ~", "C:\\x", "x" * 300, "\u202e", "ON", "0", "-1", "inf"]
 scalars = st.one_of(
     st.integers(min_value=-(2**63), max_value=2**63 - 1), st.floats(allow_nan=True, allow_infinity=True),
-    st.booleans(), st.text(max_size=20), st.lists(st.integers(-5, 5) | st.text(max_size=5), max_size=3),
+    st.booleans(), st.text(max_size=20), st.sampled_from(HOSTILE_TEXT),
+    st.lists(st.integers(-5, 5) | st.text(max_size=5), max_size=3),
 )
 
 
@@ -67,7 +72,7 @@ def broken(draw, base: dict):
     parent = doc
     for k in where[:-1]:
         parent = parent[k]
-    how = draw(st.sampled_from(["replace", "remove", "unknown", "syntax"]))
+    how = draw(st.sampled_from(["replace", "remove", "unknown", "syntax", "encoding"]))
     if how == "replace":
         parent[where[-1]] = draw(scalars)
     elif how == "remove":
@@ -78,33 +83,76 @@ def broken(draw, base: dict):
     if how == "syntax":
         cut = draw(st.integers(0, len(text)))
         text = text[:cut] + draw(st.sampled_from(["[", "=", '"', "]]", "\x00", "= =", "\n[hardware]\n"])) + text[cut:]
-    return text
+    data = text.encode()
+    if how == "encoding":  # a file saved in another encoding, or cut inside a character
+        cut = draw(st.integers(0, len(data)))
+        data = data[:cut] + draw(st.sampled_from([b"\xe9", b"\xff\xfe", b"\xc3", b"\x80\x80"])) + data[cut:]
+    return data
 
 
-def _check(load, path, text):
-    path.write_text(text)
+def _check(load, path, data: bytes):
+    path.write_bytes(data)
     try:
         load(str(path))
     except UserError as e:
         assert str(path.name) in e.message or str(path) in e.message, e.message
     except Exception as e:  # anything else is a bug: the user would see a traceback
-        pytest.fail(f"{type(e).__name__}: {e}\n--- file ---\n{text}")
+        pytest.fail(f"{type(e).__name__}: {e}\n--- file ---\n{data!r}")
 
 
 def test_the_unbroken_files_are_valid(tmp_path):
     (tmp_path / "fuzz-target.toml").write_text(dump(TARGET))
-    (tmp_path / "fuzz-recipe.toml").write_text(dump(RECIPE))
+    (tmp_path / "fuzz-recipe.toml").write_text(dump(RECIPE))  # the model path is not checked by load
     assert load_target(str(tmp_path / "fuzz-target.toml")).hardware.cores == 6
     assert load_recipe(str(tmp_path / "fuzz-recipe.toml")).search.quants
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=broken(TARGET))
-def test_broken_target_files_get_a_clear_error(tmp_path, text):
-    _check(load_target, tmp_path / "fuzz-target.toml", text)
+@given(data=broken(TARGET))
+def test_broken_target_files_get_a_clear_error(tmp_path, data):
+    _check(load_target, tmp_path / "fuzz-target.toml", data)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=broken(RECIPE))
-def test_broken_recipe_files_get_a_clear_error(tmp_path, text):
-    _check(load_recipe, tmp_path / "fuzz-recipe.toml", text)
+@given(data=broken(RECIPE))
+def test_broken_recipe_files_get_a_clear_error(tmp_path, data):
+    _check(load_recipe, tmp_path / "fuzz-recipe.toml", data)
+
+
+def _cli_clean(haqa, *args: str) -> None:
+    code, out, err = haqa(*args)
+    assert code in (0, 2), f"exit {code} for haqa {' '.join(args)}:\n{out}{err}"
+    assert "Traceback" not in err and "internal error" not in err, err
+
+
+@pytest.fixture(scope="module")
+def cli_project(tmp_path_factory):
+    """A project with a good target and recipe (a tiny GGUF as the model) beside the fuzzed ones."""
+    root = tmp_path_factory.mktemp("fuzz-cli")
+    (root / "targets").mkdir()
+    (root / "recipes").mkdir()
+    (root / "targets" / "good-target.toml").write_text(dump({**TARGET, "name": "good-target"}))
+    (root / "recipes" / "good-recipe.toml").write_text(dump({**RECIPE, "name": "good-recipe"}))
+    write_tiny_gguf(root / "recipes" / "model.gguf")
+    return root
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(target=broken(TARGET), recipe=broken(RECIPE))
+def test_broken_files_through_validate_and_estimate_never_end_in_a_traceback(cli_project, haqa, monkeypatch,
+                                                                               target, recipe):
+    monkeypatch.chdir(cli_project)
+    (cli_project / "targets" / "fuzz-target.toml").write_bytes(target)
+    (cli_project / "recipes" / "fuzz-recipe.toml").write_bytes(recipe)
+    _cli_clean(haqa, "targets", "validate", "fuzz-target")
+    _cli_clean(haqa, "recipes", "validate", "fuzz-recipe")
+    _cli_clean(haqa, "targets", "list")
+    _cli_clean(haqa, "estimate", "--target", "fuzz-target", "--recipe", "good-recipe", "--all")
+    _cli_clean(haqa, "estimate", "--target", "good-target", "--recipe", "fuzz-recipe", "--all")
+
+
+def test_the_unbroken_files_go_through_validate_and_estimate(cli_project, haqa, monkeypatch):
+    monkeypatch.chdir(cli_project)
+    code, out, err = haqa("estimate", "--target", "good-target", "--recipe", "good-recipe", "--all")
+    assert code == 0, err
+    assert "good-recipe on good-target" in out and "Q8_0" in out
