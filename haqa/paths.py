@@ -13,9 +13,16 @@ REPO_DIR = PACKAGE_DIR.parent
 def cache_home() -> Path:
     """Root of haqa's cache on this machine ($HAQA_HOME, else $XDG_CACHE_HOME/haqa, else ~/.cache/haqa)."""
     if os.environ.get("HAQA_HOME"):
-        return Path(os.environ["HAQA_HOME"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "haqa"
+        home, why = Path(os.environ["HAQA_HOME"]).expanduser(), "HAQA_HOME"
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        home, why = (Path(xdg) if xdg else Path.home() / ".cache") / "haqa", "XDG_CACHE_HOME" if xdg else "the default"
+    if home.exists() and not home.is_dir():
+        from haqa.errors import UserError
+
+        raise UserError(f"haqa's cache folder {home} ({why}) is a file, not a folder",
+                        hint="point HAQA_HOME at a folder (haqa creates it), or move that file away")
+    return home
 
 
 def catalog_dirs(kind: str) -> list[Path]:

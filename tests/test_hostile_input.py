@@ -375,3 +375,19 @@ def test_a_corpus_that_is_not_utf8_is_named(project, haqa, tmp_path):
     with pytest.raises(UserError) as e:
         load_corpus(recipe.quality.corpus, project.root / "recipes")
     assert "UTF-8" in e.value.message and "corpus.txt" in e.value.message
+
+
+def test_environment_variables_with_bad_values_are_named(project, haqa, tmp_path, monkeypatch):
+    from haqa.agent.llm import llm_timeout_s
+
+    not_a_folder = tmp_path / "home-file"
+    not_a_folder.write_text("")
+    monkeypatch.setenv("HAQA_HOME", str(not_a_folder))
+    code, _, err = haqa("trials", "list")
+    assert code == 2 and "HAQA_HOME" in err and "is a file, not a folder" in err
+    _clean(err)
+    for bad in ("abc", "-5", "nan", "inf"):
+        monkeypatch.setenv("HAQA_LLM_TIMEOUT_S", bad)
+        with pytest.raises(UserError) as e:
+            llm_timeout_s()
+        assert "HAQA_LLM_TIMEOUT_S" in e.value.message

@@ -106,6 +106,19 @@ class Backend(abc.ABC):
         """The reply text (expected to be JSON). Retries after a refusal ask with a higher temperature."""
 
 
+def llm_timeout_s() -> float:
+    """Seconds an LLM request may take ($HAQA_LLM_TIMEOUT_S, default 60)."""
+    text = os.environ.get("HAQA_LLM_TIMEOUT_S", "60")
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 86400:
+        raise UserError(f"HAQA_LLM_TIMEOUT_S={text!r} is not a number of seconds between 0 and 86400",
+                        hint="for example HAQA_LLM_TIMEOUT_S=120, or unset it for the default 60")
+    return value
+
+
 class OpenAIBackend(Backend):
     name = "openai"
 
@@ -115,7 +128,7 @@ class OpenAIBackend(Backend):
 
         self.client = OpenAI(base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
                              api_key=api_key or os.environ.get("OPENAI_API_KEY") or "not-needed",
-                             timeout=timeout or float(os.environ.get("HAQA_LLM_TIMEOUT_S", "60")), max_retries=1)
+                             timeout=timeout or llm_timeout_s(), max_retries=1)
         self.model = model or os.environ.get("HAQA_LLM_MODEL") or os.environ.get("OPENAI_MODEL") or "gpt-4o-mini"
         self.structured = True
 
