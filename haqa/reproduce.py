@@ -48,8 +48,7 @@ def read_lock(path: Path) -> dict:
     else:
         bundle = path.parent if (path.parent / SUMS).exists() else None
     if bundle is not None:
-        _, files, _ = verify_sums(bundle)
-        if path.name not in files:
+        if path.name not in verify_sums(bundle).files:
             raise UserError(f"{SUMS} in {bundle} does not list {path.name}, so the lock cannot be checked",
                             hint="pass the bundle folder `haqa deploy` wrote")
     lock = read_json(path)

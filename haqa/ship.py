@@ -42,7 +42,7 @@ from haqa.bundle.lock import LOCK_NAME as LOCK
 from haqa.bundle.lock import REDEPLOY as _REDEPLOY
 from haqa.bundle.lock import Lock, parse, read_json
 from haqa.bundle.services import plain, service_name
-from haqa.bundle.verify import SIGNATURE, SUMS, check_files, read_sums, regular_files, verify_signature
+from haqa.bundle.verify import SIGNATURE, SUMS, verify_sums
 from haqa.errors import UserError
 from haqa.runner.base import Runner
 
@@ -88,13 +88,8 @@ def verify_bundle(path: Path, allowed_signers: Path | None = None) -> Bundle:
     against SHA256SUMS, and the signature of SHA256SUMS when `allowed_signers` is given) and its lock
     passed haqa/bundle/lock.py (every name it holds a schema name)."""
     root = Path(path)
-    if not root.is_dir():
-        raise UserError(f"{root} is not a bundle folder",
-                        hint="ship the folder `haqa deploy` wrote, like dist/smollm2-135m@local/")
-    present = regular_files(root)
-    sums, files = read_sums(root)
-    signed_by = verify_signature(root, sums, allowed_signers) if allowed_signers is not None else None
-    check_files(root, files)
+    checked = verify_sums(root, allowed_signers)
+    files = checked.files
     if LOCK not in files:
         raise UserError(f"{SUMS} in {root} does not list {LOCK}", hint=_REDEPLOY)
     lock = parse(read_json(root / LOCK), root / LOCK)
@@ -105,12 +100,13 @@ def verify_bundle(path: Path, allowed_signers: Path | None = None) -> Bundle:
     for needed in (model_file, "run.sh", "bin/llama-server"):
         if needed not in files:
             raise UserError(f"{SUMS} in {root} does not list {needed}", hint=_REDEPLOY)
-    if unlisted := sorted(present - set(files) - {SUMS, SIGNATURE}):
+    if unlisted := sorted(checked.present - set(files) - {SUMS, SIGNATURE}):
         ui.note(f"not listed in {SUMS}, so not shipped: {', '.join(unlisted)}")
-    if signed_by is None and SIGNATURE in present:
+    if checked.signed_by is None and SIGNATURE in checked.present:
         ui.note(f"{SIGNATURE} was not checked: pass --allowed-signers FILE to verify who signed the bundle")
     return Bundle(root=root, files=files, lock=lock, recipe=lock.recipe.name,
-                  label=f"{lock.recipe.name}@{lock.target.name}", model_file=model_file, signed_by=signed_by)
+                  label=f"{lock.recipe.name}@{lock.target.name}", model_file=model_file,
+                  signed_by=checked.signed_by)
 
 
 # -- the device --------------------------------------------------------------------------------------

@@ -459,15 +459,20 @@ def test_a_name_with_a_newline_is_refused_before_anything_is_uploaded(small_bund
     assert not device.parent.exists()
 
 
-def test_an_existing_folder_haqa_did_not_make_keeps_its_files(small_bundle, device, haqa):
-    device.mkdir(parents=True)
-    (device / "notes.txt").write_text("the user's own file")
+@pytest.mark.parametrize("kind", ["folder", "link"])
+def test_an_existing_folder_haqa_did_not_make_keeps_its_files(small_bundle, device, haqa, tmp_path, kind):
+    mine = device if kind == "folder" else tmp_path / "mine"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("the user's own file")
+    if kind == "link":  # the install path is a symbolic link to the user's folder
+        device.parent.mkdir(parents=True)
+        device.symlink_to(mine)
     code, out, err = haqa("ship", str(small_bundle), "--target", "loop", "--port", str(free_port()), "--wait", "5")
     assert code == 2, err
-    assert f"{device} on the device is a folder haqa did not make (it has no .haqa-install" in err, err
-    assert "hint: move it out of the way" in err
+    what = "a folder haqa did not make (it has no .haqa-install" if kind == "folder" else "a symbolic link"
+    assert f"{device} on the device is {what}" in err and "hint: move it out of the way" in err, err
     _no_traceback(err)
-    assert os.listdir(device) == ["notes.txt"] and (device / "notes.txt").read_text() == "the user's own file"
+    assert os.listdir(mine) == ["notes.txt"] and (mine / "notes.txt").read_text() == "the user's own file"
 
 
 def test_an_install_of_an_earlier_haqa_is_taken_over_and_its_stale_files_removed(small_bundle, device, haqa):

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from haqa.errors import UserError
@@ -85,16 +86,24 @@ def check_files(root: Path, files: dict[str, str]) -> None:
                             "the bundle was changed or damaged; refusing it", hint=_REDEPLOY)
 
 
-def verify_sums(root: Path) -> tuple[bytes, dict[str, str], set[str]]:
-    """(SHA256SUMS bytes, {file: sha256}, every regular file of the folder) once no link is in it and
-    every listed file matches."""
+@dataclass(frozen=True)
+class Checked:
+    files: dict[str, str]  # every file SHA256SUMS lists -> its sha256, each one checked
+    present: set[str]  # every regular file in the folder
+    signed_by: str | None  # the principal whose key signed SHA256SUMS, when allowed_signers was given
+
+
+def verify_sums(root: Path, allowed_signers: Path | None = None) -> Checked:
+    """The folder checked: no symbolic link in it, SHA256SUMS signed by a key in allowed_signers (when
+    given; before any file is hashed), and every listed file with its listed sha256."""
     if not root.is_dir():
         raise UserError(f"{root} is not a bundle folder",
                         hint="pass the folder `haqa deploy` wrote, like dist/smollm2-135m@local/")
     present = regular_files(root)
     data, files = read_sums(root)
+    signed_by = verify_signature(root, data, allowed_signers) if allowed_signers is not None else None
     check_files(root, files)
-    return data, files, present
+    return Checked(files, present, signed_by)
 
 
 def verify_signature(root: Path, sums: bytes, allowed_signers: Path) -> str:
