@@ -9,6 +9,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,11 +176,9 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
     from haqa.agent.store import TrialStore, store_path
 
     started = time.monotonic()
-    toolchain, device_source = prepare_device(runner, target, model, jobs)
     settings = QualitySettings(ctx=recipe.quality.ctx, chunks=recipe.quality.chunks)
     synthetic = source_facts.synthetic
     base = default_config(target, recipe, n_layers=source_facts.n_layers)
-    reference = reference_for(runner, toolchain, device_source, model, source_facts, corpus, settings, base.threads)
     w = recipe.workload
     shape_for = model_shapes(model.path, source_facts.file_type)
     within_memory = memory_fits(target, shape_for)
@@ -213,6 +212,9 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
                 f"{need.host / 2**30:.3f} GiB; candidates predicted to need at least as much are skipped")
 
     space = build_space(target, recipe, n_layer=source_facts.n_layers or 1, fits=fits)
+    refuse_if_nothing_fits(space, fits, target, recipe)  # before anything is built or sent
+    toolchain, device_source = prepare_device(runner, target, model, jobs)
+    reference = reference_for(runner, toolchain, device_source, model, source_facts, corpus, settings, base.threads)
     weight_bytes = {q: float(shape_for(q).tensor_bytes) for q in space.dims["quant"]}
     heuristic = HeuristicProposer(space, weight_bytes)
     proposer, agent_used = _make_proposer(agent, space, heuristic, target, recipe, source_facts, seed, fits,
@@ -292,7 +294,11 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
             key = trial_key(cand)
             if rec.key != key or key in trials:
                 continue
-            t = _trial_from_store(rec, cand)
+            try:
+                t = _trial_from_store(rec, cand)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                ui.note(f"trial store: row {rec.id} ({cand.quant}) is damaged; the candidate is measured again if proposed")
+                continue
             trials[key] = (cand, t, rec.proposer, rec.rationale or "")
             history.append(observation(cand, t))
             if t.cause == "oom":
@@ -325,7 +331,7 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
                     break
                 cand, who, why = proposal.candidate, proposal.proposer, proposal.rationale
             key = trial_key(cand)
-            if guard.baseline is None:
+            if not guard.ready:
                 guard.start()
             try:
                 t = measure(cand)
@@ -452,6 +458,34 @@ UNQUANTIZED = ("F32", "BF16", "F16")
 
 
 FINALISTS = 3
+
+
+def refuse_if_nothing_fits(space, fits, target: Target, recipe: Recipe) -> None:
+    """A UserError about memory (not quality) when not even the leanest points of each quant type (the
+    smallest batches, with no or every layer on the GPU) fit the device: nothing would be measured."""
+    lean = {**space.default_values(), "batch_size": min(space.dims["batch_size"]),
+            "ubatch_size": min(space.dims["ubatch_size"])}
+    reasons = []
+    for quant in space.dims["quant"]:
+        for kv in space.dims["kv_type"]:
+            for ngl in {min(space.dims["n_gpu_layers"]), max(space.dims["n_gpu_layers"])}:
+                ok, why = fits(space.make({**lean, "quant": quant, "kv_type": kv, "n_gpu_layers": ngl}))
+                if ok:
+                    return
+                reasons.append(why)
+    hw = target.hardware
+    raise UserError(
+        f"no candidate of {recipe.name} fits in the memory of {target.name} ({hw.ram_gib:g} GiB RAM less "
+        f"{target.limits.memory_headroom_gib:g} GiB headroom) at context {recipe.workload.min_context}: "
+        + min(reasons, key=_first_gib),
+        hint="add smaller quant types to [search].quants (Q4_0, Q3_K_M), lower [workload].min_context or add "
+             "quantized KV types to [quality].kv_types, lower [limits].memory_headroom_gib, or use a device with "
+             f"more memory; `haqa estimate --target {target.name} --recipe {recipe.name} --all` shows every prediction")
+
+
+def _first_gib(text: str) -> float:
+    m = re.search(r"(\d+(?:\.\d+)?) GiB", text)
+    return float(m.group(1)) if m else float("inf")
 
 
 def _finalists(trials: list[Trial], leader: Trial, recipe: Recipe, synthetic: bool, scorer, default: RuntimeConfig) -> list[Trial]:

@@ -25,6 +25,16 @@ _ARM_FLAGS = {
 }
 
 
+MAX_TEXT = 200
+
+
+def device_text(value: str, limit: int = MAX_TEXT) -> str:
+    """A string a device printed, made fit for files and messages a person reads: printable characters
+    only (no control characters, no lone surrogates), at most `limit` of them."""
+    clean = "".join(ch for ch in value if ch.isprintable() and not 0xD800 <= ord(ch) <= 0xDFFF)
+    return clean[:limit].strip()
+
+
 def normalise_arch(machine: str) -> str:
     m = machine.strip().lower()
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
@@ -53,7 +63,7 @@ def parse_cpuinfo(text: str) -> dict:
         if key == "processor":
             processors += 1
         elif key in ("model name", "Model", "Hardware") and not model:
-            model = value
+            model = device_text(value)
         elif key in ("flags", "Features"):
             flags.update(value.split())
     flush()
@@ -74,7 +84,7 @@ def parse_nvidia_smi(text: str) -> dict | None:
         if len(parts) >= 3 and parts[1].replace(".", "").isdigit():
             return {
                 "kind": "cuda",
-                "name": parts[0],
+                "name": device_text(parts[0]),
                 "memory_gib": round(float(parts[1]) / 1024, 2),
                 "cuda_arch": parts[2].replace(".", ""),
             }
@@ -104,7 +114,7 @@ def facts_from(*, system: str, machine: str, cpuinfo: str = "", meminfo: str = "
         if cores and cores.isdigit():
             facts["cores"] = int(cores)
         if sc.get("machdep.cpu.brand_string"):
-            facts["cpu_model"] = sc["machdep.cpu.brand_string"]
+            facts["cpu_model"] = device_text(sc["machdep.cpu.brand_string"])
         features = ["neon"] if facts["arch"] == "aarch64" else []
         for key, name in (("hw.optional.arm.FEAT_DotProd", "dotprod"), ("hw.optional.arm.FEAT_FP16", "fp16"),
                           ("hw.optional.arm.FEAT_I8MM", "i8mm"), ("hw.optional.arm.FEAT_BF16", "bf16")):
@@ -175,7 +185,7 @@ def remote_facts(runner) -> tuple[dict, dict]:
 
     system = out(["uname", "-s"]).strip()
     machine = out(["uname", "-m"]).strip()
-    info: dict = {"hostname": out(["uname", "-n"]).strip(), "system": system}
+    info: dict = {"hostname": device_text(out(["uname", "-n"])), "system": system}
     if system == "Darwin":
         sysctl = {}
         for key in SYSCTL_KEYS:

@@ -1,8 +1,10 @@
-"""What the user sees while haqa works: status lines and progress (rich on a terminal, plain lines otherwise)."""
+"""What the user sees while haqa works: status lines and progress (rich on a terminal, plain lines otherwise),
+redacted of secrets."""
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Iterator
 
@@ -10,7 +12,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-console = Console(stderr=True, highlight=False, soft_wrap=True)
+from haqa.secrets import RedactingStream
+
+# Everything printed here is redacted of secrets (haqa/secrets.py), whoever wrote the message.
+console = Console(file=RedactingStream(lambda: sys.stderr), highlight=False, soft_wrap=True)
 
 
 def step(message: str) -> None:

@@ -34,6 +34,7 @@ class SshServer:
     dir: Path
     port: int
     proc: subprocess.Popen | None = None
+    extra_config: str = ""  # more sshd_config lines, e.g. "SetEnv PATH=..." for a device with other tools
 
     @property
     def client_key(self) -> Path:
@@ -75,7 +76,7 @@ class SshServer:
                 MaxStartups 100
                 MaxSessions 50
                 LogLevel INFO
-            """))
+            """) + self.extra_config + "\n")
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)
         log = open(self.dir / "sshd.log", "a")
         self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.dir / "sshd_config")],
@@ -147,9 +148,9 @@ class SshServer:
         """)
 
 
-def start_server(directory: Path) -> SshServer:
+def start_server(directory: Path, extra_config: str = "") -> SshServer:
     directory.mkdir(parents=True, exist_ok=True)
-    return SshServer(directory, _free_port()).start()
+    return SshServer(directory, _free_port(), extra_config=extra_config).start()
 
 
 class MemoryLimit:

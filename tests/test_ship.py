@@ -443,7 +443,7 @@ def test_a_lock_name_that_is_a_path_is_refused_and_nothing_outside_the_bundles_f
     edit_lock(small_bundle, lambda lock: lock["target"].update(name="../../../../x"))
     code, out, err = haqa("ship", str(small_bundle), "--target", "loop", "--port", str(free_port()), "--wait", "5")
     assert code == 2, err
-    assert "'target.name': names are lower case letters, digits, '.', '_' and '-', got '../../../../x'" in err, err
+    assert "'target.name': names are lower case letters" in err and "got '../../../../x'" in err, err
     _no_traceback(err)
     assert sorted(os.listdir(outside)) == ["notes.txt"] and (outside / "notes.txt").read_text() == "the user's own file"
     assert not device.parent.exists()  # not even the bundles folder was made

@@ -7,6 +7,8 @@ refused by the memory model is refused, and the reason goes back in the next pro
 MAX_BAD_REPLIES refusals in a row the heuristic takes the step, and the log says so. Nothing the LLM
 writes reaches a command: haqa builds every argv from the validated knob values; the rationale is
 stored as text only. Text from model files and from the device is quoted as JSON data in the prompt.
+A refusal reason (an endpoint's error text, which may echo the API key) and a rationale are redacted
+of secrets (haqa/secrets.py) before they go into the next prompt, the log or the trial store.
 
 Backends: `openai` (any OpenAI-compatible endpoint, structured outputs), `ollama` (its JSON-schema
 `format`), `embedded` (llama-cpp-python in-process with a JSON-schema grammar; offline).
@@ -23,6 +25,7 @@ from haqa import ui
 from haqa.agent.proposers import HeuristicProposer, Observation, Proposal, Proposer
 from haqa.agent.space import KNOBS, Rejected, SearchSpace
 from haqa.errors import UserError
+from haqa.secrets import redact
 
 MAX_BAD_REPLIES = 3
 SYSTEM = (
@@ -248,7 +251,7 @@ class LLMProposer(Proposer):
         self.space.check(cand)  # constraints and the memory model
         if cand.key in {o.candidate.key for o in history}:
             raise Rejected(f"{cand.name} was already measured")
-        rationale = str(data.get("rationale", ""))[:300]
+        rationale = redact(str(data.get("rationale", "")))[:300]
         return Proposal(cand, rationale, f"llm:{self.backend.name}")
 
     def suggest(self, history):
@@ -261,7 +264,7 @@ class LLMProposer(Proposer):
                 text = self.backend.complete(messages, reply_schema(self.space),
                                              temperature=0.2 + 0.4 * self.bad_in_a_row)
             except Exception as e:
-                reason = f"the {self.backend.name} backend failed: {type(e).__name__}: {str(e)[:160]}"
+                reason = f"the {self.backend.name} backend failed: {type(e).__name__}: {redact(str(e))[:160]}"
                 self.failures_in_a_row += 1
                 if self.failures_in_a_row >= MAX_BAD_REPLIES:
                     self.unavailable = reason
@@ -274,7 +277,7 @@ class LLMProposer(Proposer):
                     self.bad_in_a_row = 0
                     return proposal
                 except Rejected as e:
-                    reason = str(e)
+                    reason = redact(str(e))
             self.bad_in_a_row += 1
             self.refusals.append(reason)
             ui.note(f"agent: refused an LLM reply ({reason})")

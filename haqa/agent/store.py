@@ -7,6 +7,9 @@ build error) so no proposer is offered them again. A trial that failed for a rea
 candidate (the connection to the device was lost for good, the device's disk was full) is kept too,
 and the next run marks it discarded and measures the candidate again.
 
+Every text and measurement is redacted of secrets before it is written (haqa/secrets.py): an error
+text that echoes an API key does not keep it here.
+
 A row is written only when its trial has ended, in one transaction: an interrupted run (Ctrl-C, a
 lost connection, a crash) leaves every finished trial and no half-recorded one, so there is no
 "running" state to clean up.
@@ -20,7 +23,9 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from haqa import paths
+from haqa import paths, ui
+from haqa.errors import UserError
+from haqa.secrets import redact, redact_obj
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS trials (
@@ -63,6 +68,30 @@ class StoredTrial:
     created: str
 
 
+_COLUMNS = ("id, key, candidate, quant, model_sha256, toolchain, status, cause, error, bench, quality, memory, "
+            "proposer, rationale, created")
+
+
+def _json_dict(text: str | None, *, required: bool = False) -> dict | None:
+    if not text:
+        if required:
+            raise ValueError("missing")
+        return None
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError(f"not a JSON object: {text[:40]!r}")
+    return value
+
+
+def _decode(r: tuple) -> StoredTrial:
+    if not all(isinstance(v, str) for v in (r[1], r[3], r[5], r[6])) or not isinstance(r[0], int):
+        raise ValueError("a key column is not text")
+    return StoredTrial(id=r[0], key=r[1], candidate=_json_dict(r[2], required=True), quant=r[3], model_sha256=r[4],
+                       toolchain=r[5], status=r[6], cause=r[7], error=r[8], bench=_json_dict(r[9]),
+                       quality=_json_dict(r[10]), memory=_json_dict(r[11]), proposer=str(r[12]),
+                       rationale=r[13], created=str(r[14]))
+
+
 def store_path(target: str, recipe: str) -> Path:
     return paths.cache_home() / "trials" / f"{recipe}@{target}.sqlite"
 
@@ -71,9 +100,16 @@ class TrialStore:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.db = sqlite3.connect(str(path))
-        self.db.executescript(SCHEMA)
-        self.db.commit()
+        self.damaged = 0  # rows that could not be read back (skipped)
+        try:
+            self.db = sqlite3.connect(str(path))
+            self.db.executescript(SCHEMA)
+            self.db.commit()
+            self.db.execute(f"SELECT {_COLUMNS} FROM trials LIMIT 1").fetchall()
+        except sqlite3.Error as e:
+            raise UserError(f"the trial store {path} cannot be read ({e}): it is damaged or is not haqa's",
+                            hint=f"move it aside (mv '{path}' '{path}.damaged') and run again: haqa then starts a "
+                                 "new store and measures every trial anew") from None
 
     def close(self) -> None:
         self.db.close()
@@ -82,6 +118,8 @@ class TrialStore:
             proposer: str, rationale: str | None = None, cause: str | None = None, error: str | None = None,
             bench: dict | None = None, quality: dict | None = None, memory: dict | None = None) -> int:
         """Record one trial (in its own transaction: an interrupted run leaves every finished trial)."""
+        candidate, bench, quality, memory = (redact_obj(x) for x in (candidate, bench, quality, memory))
+        rationale, cause, error = (redact(x) if x else x for x in (rationale, cause, error))
         with self.db:
             cur = self.db.execute(
                 "INSERT INTO trials (key, candidate, quant, model_sha256, toolchain, status, cause, error, bench, "
@@ -94,18 +132,19 @@ class TrialStore:
 
     def discard(self, trial_id: int, why: str) -> None:
         with self.db:
-            self.db.execute("UPDATE trials SET status = 'discarded', cause = ? WHERE id = ?", (why, trial_id))
+            self.db.execute("UPDATE trials SET status = 'discarded', cause = ? WHERE id = ?", (redact(why), trial_id))
 
     def _rows(self, where: str = "", args: tuple = ()) -> list[StoredTrial]:
-        cur = self.db.execute(f"SELECT id, key, candidate, quant, model_sha256, toolchain, status, cause, error, bench, "
-                              f"quality, memory, proposer, rationale, created FROM trials {where} ORDER BY id", args)
-        out = []
+        cur = self.db.execute(f"SELECT {_COLUMNS} FROM trials {where} ORDER BY id", args)
+        out, damaged = [], 0
         for r in cur.fetchall():
-            out.append(StoredTrial(id=r[0], key=r[1], candidate=json.loads(r[2]), quant=r[3], model_sha256=r[4],
-                                   toolchain=r[5], status=r[6], cause=r[7], error=r[8],
-                                   bench=json.loads(r[9]) if r[9] else None, quality=json.loads(r[10]) if r[10] else None,
-                                   memory=json.loads(r[11]) if r[11] else None, proposer=r[12], rationale=r[13],
-                                   created=r[14]))
+            try:
+                out.append(_decode(r))
+            except (TypeError, ValueError):  # edited or damaged by hand: not a trial haqa can trust
+                damaged += 1
+        if damaged > self.damaged:
+            self.damaged = damaged
+            ui.note(f"trial store {self.path}: {damaged} damaged row(s) skipped (their candidates are measured again)")
         return out
 
     def all(self) -> list[StoredTrial]:

@@ -413,7 +413,7 @@ def _measure_on(runner, target, recipe, model, source_facts, corpus, out: Path, 
         p["measured_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
     while queue and not over_time() and (limit is None or measured_now < limit):
-        if guard.baseline is None:
+        if not guard.ready:
             guard.start()
             data["anchor"]["history"] += [{"event": "session", "started": session["started"]}, guard.history[-1]]
         p = queue.pop(0)

@@ -159,6 +159,8 @@ def _drift(lock: dict) -> str:
     g = lock.get("drift_guard")
     if not isinstance(g, dict):
         return str(g)
+    if g.get("disabled"):
+        return f"off in this run ({g['disabled']})"
     checks = [h for h in g["history"] if h["event"] == "check"]
     moved = sum(1 for h in checks if not h["ok"])
     return (f"anchor re-measured {len(checks)} time(s), tolerance ±{g['tolerance'] * 100:.0f} %; moved {moved} "

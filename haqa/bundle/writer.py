@@ -15,6 +15,7 @@ from pathlib import Path
 from haqa.bundle import run_script, services
 from haqa.hashing import sha256_file
 from haqa.runtime import RuntimeConfig
+from haqa.secrets import redact_bytes, redact_obj
 
 LOCK_NAME = "haqa.lock.json"
 
@@ -32,6 +33,9 @@ def write_bundle(out_dir: Path, *, model: Path, model_name: str, server_binary: 
     """The bundle folder, plus `<folder>.tar.gz` beside it. Every file is listed in SHA256SUMS.
 
     `documents` are extra files by name (REPORT.md, pareto.png)."""
+    # No secret in the lock, the documents or the tarball, whatever text produced them (haqa/secrets.py).
+    lock = redact_obj(lock)
+    documents = {name: redact_bytes(data) for name, data in (documents or {}).items()}
     out_dir = out_dir.resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))

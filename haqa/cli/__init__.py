@@ -1,6 +1,8 @@
 """The `haqa` command line: click groups by noun (targets, recipes, toolchain) plus `deploy`.
 
-Thin: parse, call, print. A UserError becomes one message on stderr and exit code 2.
+Thin: parse, call, print. A UserError becomes one message on stderr and exit code 2. Everything a
+command prints (stdout and stderr, an internal error's traceback too) is redacted of secrets
+(haqa/secrets.py).
 """
 
 from __future__ import annotations
@@ -12,18 +14,23 @@ import click
 
 from haqa import __version__
 from haqa.errors import UserError
+from haqa.secrets import redact, redacted_std_streams
 
 REPORT_URL = "the haqa issue tracker"
 
 
 class HaqaGroup(click.Group):
     def invoke(self, ctx: click.Context):
+        with redacted_std_streams():
+            return self._invoke(ctx)
+
+    def _invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except UserError as e:
-            click.secho(f"error: {e.message}", fg="red", err=True)
+            click.secho(f"error: {redact(e.message)}", fg="red", err=True)
             if e.hint:
-                click.echo(f"  hint: {e.hint}", err=True)
+                click.echo(f"  hint: {redact(e.hint)}", err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -31,7 +38,7 @@ class HaqaGroup(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception:
-            traceback.print_exc()
+            click.echo(redact(traceback.format_exc()), err=True, nl=False)
             click.secho(f"internal error in haqa {__version__}: this is a bug; please report it to {REPORT_URL} "
                         "with the traceback above", fg="red", err=True)
             ctx.exit(1)

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from haqa.config import list_names
 from haqa.config.loader import find_file
@@ -24,7 +25,9 @@ def _short(path) -> str:
         return str(path)
 
 
-def make_group(kind: str, loader, row, headers: list[str]) -> click.Group:
+def make_group(kind: str, loader, row, headers: list[str], check=None) -> click.Group:
+    """`check(name, obj)`, when given, is what `validate` checks beyond the file (raises UserError, or
+    returns a note for the ok line)."""
     singular = kind[:-1]
 
     @click.group(name=kind, help=f"The {kind} haqa knows: list, show, validate.")
@@ -36,10 +39,12 @@ def make_group(kind: str, loader, row, headers: list[str]) -> click.Group:
         f"""List the {kind} visible from here (project, user, built-in)."""
         table = Table(*headers, "file", box=None, pad_edge=False)
         for name, path in list_names(kind).items():
+            # Cells are text from the files (a description may hold "[/]"): never read as markup.
             try:
-                table.add_row(*row(loader(name)), _short(path))
+                table.add_row(*(Text(cell) for cell in row(loader(name))), Text(_short(path)))
             except UserError as e:
-                table.add_row(name, f"[red]invalid[/]: {e.message.splitlines()[-1]}", *[""] * (len(headers) - 2), _short(path))
+                table.add_row(Text(name), Text.assemble(("invalid", "red"), f": {e.message.splitlines()[-1]}"),
+                              *[""] * (len(headers) - 2), Text(_short(path)))
         out.print(table)
 
     @group.command("show")
@@ -54,8 +59,9 @@ def make_group(kind: str, loader, row, headers: list[str]) -> click.Group:
     def validate(names: tuple[str, ...]) -> None:
         f"""Check {kind} (names or .toml paths; all known ones if none given). Exit 2 on the first error."""
         for name in names or tuple(list_names(kind)):
-            loader(name)
-            click.echo(f"ok  {name}")
+            obj = loader(name)
+            note = check(name, obj) if check else None
+            click.echo(f"ok  {name}" + (f"  ({note})" if note else ""))
 
     list_.help = f"List the {kind} visible from here (project folder, user folder, built-in catalog)."
     show.help = f"Print a {singular} with its `extends` chain merged and defaults filled, as JSON."

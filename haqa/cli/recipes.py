@@ -10,7 +10,20 @@ def _row(r):
     return [r.name, r.source.describe(), " ".join(r.search.quants), f"{r.quality.max_kld:g}", r.description]
 
 
-recipes = make_group("recipes", load_recipe, _row, ["name", "source", "quants", "max KLD", "description"])
+def _check_source(name: str, recipe) -> str:
+    """A local model file must exist and be a GGUF; a download is only named (validate fetches nothing)."""
+    from haqa.model.gguf_facts import check_gguf
+    from haqa.model.source import local_source_path
+
+    if recipe.source.kind != "path":
+        return f"model {recipe.source.describe()}: checked when fetched (`haqa recipes fetch {name}`)"
+    path = local_source_path(recipe.source, find_file("recipes", name).parent)
+    check_gguf(path)
+    return f"model {path}"
+
+
+recipes = make_group("recipes", load_recipe, _row, ["name", "source", "quants", "max KLD", "description"],
+                     check=_check_source)
 
 
 @recipes.command("fetch")

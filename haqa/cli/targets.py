@@ -1,13 +1,16 @@
 """`haqa targets list|show|validate`."""
 
 import datetime as dt
+import os
 import re
+import tempfile
 from pathlib import Path
 
 import click
 
 from haqa.cli._catalog import make_group
 from haqa.config import load_target
+from haqa.config.schema import check_name
 from haqa.errors import UserError
 
 
@@ -47,6 +50,10 @@ def probe(url, name, key, known_hosts, trust_on_first_use, jump, workdir, out_di
     m = re.fullmatch(r"ssh://(?:([A-Za-z0-9._-]+)@)?([A-Za-z0-9._%-]+|\[[0-9A-Fa-f:]+\])(?::(\d+))?/?", url)
     if not m:
         raise UserError(f"'{url}' is not an ssh URL", hint="write it as ssh://user@host[:port]")
+    try:
+        check_name(name)
+    except ValueError as e:
+        raise UserError(f"--name: {e}", hint="for example --name my-pi5") from None
     user, host, port = m.group(1), m.group(2).strip("[]"), int(m.group(3) or 22)
     out_file = out_dir / f"{name}.toml"
     if out_file.exists() and not force:
@@ -69,7 +76,7 @@ def probe(url, name, key, known_hosts, trust_on_first_use, jump, workdir, out_di
         raise UserError(f"could not read {', '.join(missing)} from {host}", hint="is it Linux or macOS?")
     tools = ", ".join(f"{k} {'missing' if v == 'missing' else 'ok'}" for k, v in info.get("tools", {}).items())
     text = target_toml(
-        name=name, description=f"{facts.get('cpu_model') or facts['arch']} ({info.get('hostname', host)}), probed",
+        name=name, description=f"{facts.get('cpu_model') or facts['arch']} ({info.get('hostname') or host}), probed",
         os=os_name, hardware=facts, connect=connect,
         header=[f"Written by `haqa targets probe {url}` on {dt.date.today().isoformat()}.",
                 "Hardware facts were read from the device (/proc/cpuinfo, /proc/meminfo, nvidia-smi,",
@@ -78,13 +85,24 @@ def probe(url, name, key, known_hosts, trust_on_first_use, jump, workdir, out_di
                 f"Build tools seen: {tools or 'unknown'}."],
         limits={"memory_headroom_gib": 1.0},
     )
+    _check_probed(text, name, host)
     out_dir.mkdir(parents=True, exist_ok=True)
-    part = out_file.with_name(out_file.name + ".part")
+    part = out_dir / f".{name}.toml.part"
     part.write_text(text)
-    try:
-        load_target(str(part.rename(out_file)))
-    except UserError:
-        out_file.unlink(missing_ok=True)
-        raise
+    os.replace(part, out_file)  # the old file (with --force) is replaced only by one that validated
     click.echo(f"wrote {out_file}")
     click.echo(f"next: haqa doctor --target {name}  and  make deploy TARGET={name}")
+
+
+def _check_probed(text: str, name: str, host: str) -> None:
+    """The target file probed from a device, validated before it goes anywhere near the catalog."""
+    with tempfile.TemporaryDirectory(prefix="haqa-probe-") as tmp:
+        trial = Path(tmp) / f"{name}.toml"
+        trial.write_text(text)
+        try:
+            load_target(str(trial))
+        except UserError as e:
+            detail = e.message.split("\n", 1)[-1]
+            raise UserError(f"the facts read from {host} do not make a valid target, so nothing was written:\n"
+                            f"{detail}", hint="check what the device reports (`haqa doctor` with a target written "
+                                              "by hand), or write the target file yourself") from None

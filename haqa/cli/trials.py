@@ -15,6 +15,7 @@ def list_(target_name: str, recipe_name: str) -> None:
     """Every trial recorded: configuration, measurements with spread, status and cause, proposer."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from haqa.agent.store import TrialStore, store_path
     from haqa.config import load_recipe, load_target
@@ -30,12 +31,25 @@ def list_(target_name: str, recipe_name: str) -> None:
                   "proposer", box=None)
     for r in store.all():
         c = r.candidate
-        dec = f"{r.bench['decode']['mean']:.1f} ± {r.bench['decode']['stddev']:.1f}" if r.bench else "-"
-        pre = f"{r.bench['prefill']['mean']:.0f} ± {r.bench['prefill']['stddev']:.0f}" if r.bench else "-"
-        kld = f"{r.quality['kld_mean']:.4f}" if r.quality else "-"
+        dec = _spread(r.bench, "decode", ".1f")
+        pre = _spread(r.bench, "prefill", ".0f")
+        kld = _number(r.quality, "kld_mean", ".4f")
         status = r.status + (f" ({r.cause})" if r.cause else "")
-        table.add_row(str(r.id), r.quant, str(c.get("kv_type")), str(c.get("threads")), str(c.get("flash_attn")),
-                      str(c.get("ubatch_size")), str(c.get("repack")), dec, pre, kld, status, r.proposer)
+        cells = [str(r.id), r.quant, str(c.get("kv_type")), str(c.get("threads")), str(c.get("flash_attn")),
+                 str(c.get("ubatch_size")), str(c.get("repack")), dec, pre, kld, status, r.proposer]
+        table.add_row(*(Text(cell) for cell in cells))  # stored text, never markup
     store.close()
     Console(width=None if Console().is_terminal else 200).print(table)
     click.echo(f"store: {path}; speed measured (mean ± stddev), KLD measured against the source")
+
+
+def _number(table: dict | None, key: str, fmt: str) -> str:
+    value = (table or {}).get(key) if isinstance(table, dict) else None
+    return format(value, fmt) if isinstance(value, (int, float)) else "-"
+
+
+def _spread(bench: dict | None, phase: str, fmt: str) -> str:
+    """`mean ± stddev` of a stored measurement; "-" when it is missing or damaged."""
+    m = (bench or {}).get(phase)
+    mean, sd = _number(m, "mean", fmt), _number(m, "stddev", fmt)
+    return "-" if mean == "-" else f"{mean} ± {sd}"

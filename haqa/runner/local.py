@@ -19,6 +19,7 @@ from haqa import paths
 from haqa.errors import UserError
 from haqa.hashing import cached_sha256
 from haqa.runner.base import PRIVATE_DIR, CommandResult, DiskFull, Runner
+from haqa.secrets import redact
 
 TAIL_LINES = 60
 
@@ -76,7 +77,7 @@ class LocalRunner(Runner):
                 keep(line)
                 with lock:
                     if log:
-                        log.write(line)
+                        log.write(redact(line))
                     if on_line:
                         on_line(line.rstrip("\n"))
 

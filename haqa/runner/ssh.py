@@ -35,6 +35,7 @@ from haqa.config.schema import Connect
 from haqa.errors import ConnectionLost, UserError
 from haqa.hashing import cached_sha256
 from haqa.runner.base import PRIVATE_DIR, CommandResult, DiskFull, Runner
+from haqa.secrets import redact
 
 TAIL_LINES = 60
 CHUNK = 1 << 18
@@ -154,6 +155,31 @@ def command_line(argv: Sequence[str], cwd: PurePath | None = None, env: Mapping[
     return " ".join(parts)
 
 
+PASSPHRASE_VAR = "HAQA_SSH_KEY_PASSPHRASE"
+
+
+def load_private_key(path: Path) -> paramiko.PKey:
+    """[connect].key, read (and decrypted with $HAQA_SSH_KEY_PASSPHRASE) before any connection, so a wrong
+    passphrase or a file that is not a key is said as such, never as an unreachable device."""
+    passphrase = os.environ.get(PASSPHRASE_VAR)
+    try:
+        return paramiko.PKey.from_path(path, password=passphrase.encode() if passphrase is not None else None)
+    except FileNotFoundError:
+        raise UserError(f"[connect].key: no such file: {path}", hint="point it at the private key the device accepts") from None
+    except (paramiko.PasswordRequiredException, TypeError) as e:
+        if not isinstance(e, paramiko.PasswordRequiredException) and "password" not in str(e):
+            raise UserError(f"[connect].key {path} is not a private key haqa can read ({type(e).__name__})") from None
+        raise UserError(f"[connect].key {path} is encrypted and {PASSPHRASE_VAR} is not set",
+                        hint=f"set {PASSPHRASE_VAR} to its passphrase, or load the key into ssh-agent and leave "
+                             "[connect].key out") from None
+    except (paramiko.SSHException, ValueError, OSError) as e:
+        what = (f"cannot be decrypted with {PASSPHRASE_VAR} (wrong passphrase?)" if passphrase
+                else f"is not a private key haqa can read ({type(e).__name__})")
+        raise UserError(f"[connect].key {path} {what}",
+                        hint=f"check {PASSPHRASE_VAR} and the key file (`ssh-keygen -y -f {path}` asks for the "
+                             "passphrase and prints the public key)") from None
+
+
 class SshRunner(Runner):
     name = "ssh"
 
@@ -195,12 +221,12 @@ class SshRunner(Runner):
 
     def _open(self, host: str, port: int, user: str | None, sock=None) -> paramiko.SSHClient:
         client = self._new_client()
-        key = str(Path(self.connect.key).expanduser()) if self.connect.key else None
+        pkey = load_private_key(Path(self.connect.key).expanduser()) if self.connect.key else None
         try:
             client.connect(
-                host, port=port, username=user, key_filename=key, sock=sock, timeout=self.connect.connect_timeout_s,
+                host, port=port, username=user, pkey=pkey, sock=sock, timeout=self.connect.connect_timeout_s,
                 banner_timeout=self.connect.connect_timeout_s, auth_timeout=self.connect.connect_timeout_s,
-                allow_agent=True, look_for_keys=key is None, passphrase=os.environ.get("HAQA_SSH_KEY_PASSPHRASE"),
+                allow_agent=True, look_for_keys=pkey is None, passphrase=os.environ.get("HAQA_SSH_KEY_PASSPHRASE"),
             )
         except paramiko.BadHostKeyException as e:
             hostport = host if port == 22 else f"[{host}]:{port}"
@@ -213,7 +239,8 @@ class SshRunner(Runner):
         except paramiko.AuthenticationException as e:
             raise UserError(
                 f"ssh authentication to {user or ''}@{host}:{port} failed: {e}",
-                hint="set [connect].key to a private key the device accepts, or load one into ssh-agent",
+                hint="set [connect].key to a private key the device accepts (an encrypted one with "
+                     f"{PASSPHRASE_VAR}), or load one into ssh-agent",
             ) from None
         except paramiko.SSHException as e:
             if "not found in known_hosts" in str(e):
@@ -393,7 +420,7 @@ class SshRunner(Runner):
                         f"again from the start ({attempt + 1} of {self.connect.reconnects} retries)")
                 if log_path:
                     with open(log_path, "a", encoding="utf-8") as log:
-                        log.write(f"--- haqa: the connection dropped ({e}); {program} runs again from the start ---\n")
+                        log.write(redact(f"--- haqa: the connection dropped ({e}); {program} runs again from the start ---\n"))
         raise AssertionError("unreachable")
 
     def _run_once(self, argv: list[str], *, timeout, cwd, env, log_path, on_line) -> CommandResult:
@@ -435,7 +462,7 @@ class SshRunner(Runner):
                 else:
                     out.append(line + "\n")
                 if log:
-                    log.write(line + "\n")
+                    log.write(redact(line) + "\n")
                 if on_line:
                     on_line(line)
 

@@ -14,7 +14,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from haqa import paths, ui
 from haqa.hashing import cached_sha256, memo_beside
@@ -30,6 +30,30 @@ _NOT_NEEDED = {
     "models", "docs", "media", ".github", ".devops", "benches", "pocs", "tests", "examples", "gguf-py",
     "conversion", "skills", "requirements", "ci", "grammars", "prompts", ".git",
 }
+
+
+def _escapes(rel: str, member: tarfile.TarInfo) -> str | None:
+    """Why an archive member named `rel` (relative to the folder it is unpacked into) would be written
+    outside that folder, or is not a plain file, folder or link; None when it stays inside."""
+    path = PurePosixPath(rel)
+    if path.is_absolute() or ".." in path.parts:
+        return "is not a path inside the tree"
+    if not (member.isfile() or member.isdir() or member.issym()):
+        return "is a hard link, device, FIFO or other special file"
+    if member.issym():
+        target = PurePosixPath(member.linkname)
+        if target.is_absolute() or not _stays_inside(path.parent / target):
+            return f"links to {member.linkname!r}, outside the tree"
+    return None
+
+
+def _stays_inside(path: PurePosixPath) -> bool:
+    depth = 0
+    for part in path.parts:
+        depth += -1 if part == ".." else 0 if part == "." else 1
+        if depth < 0:
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -69,6 +93,8 @@ class LlamaCppSource:
         return memo_beside(self.sdist, ".architectures.json", read)
 
     def _members(self, tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
+        """The vendored llama.cpp tree's members, renamed relative to it; a member that would land
+        outside the tree (an absolute or `..` path, a link pointing out, a device file) is refused."""
         out = []
         for m in tar.getmembers():
             if not m.name.startswith(_VENDOR):
@@ -76,8 +102,11 @@ class LlamaCppSource:
             rel = m.name[len(_VENDOR):]
             if not rel or rel.split("/", 1)[0] in _NOT_NEEDED:
                 continue
-            m = m.replace(name=rel, deep=False)
-            out.append(m)
+            if why := _escapes(rel, m):
+                raise UserError(f"{self.sdist}: member {m.name!r} {why}; refusing to unpack this source archive",
+                                hint="use the llama-cpp-python sdist from PyPI (unset HAQA_LLAMA_CPP_SDIST to let haqa "
+                                     "download it)")
+            out.append(m.replace(name=rel, deep=False))
         return out
 
     def extract(self, dest: Path) -> Path:
