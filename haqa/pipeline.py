@@ -133,6 +133,41 @@ def _failure_cause(e: ToolFailed) -> str:
     return "error"
 
 
+def model_shapes(model_path: Path, source_type: str):
+    """shape_for(quant): the model's shape as that quant type (the source's own, else estimated), each
+    computed once."""
+    shapes: dict[str, memory.ModelShape] = {}
+
+    def shape_for(quant: str) -> memory.ModelShape:
+        if quant not in shapes:
+            shapes[quant] = (memory.ModelShape.from_gguf(model_path) if quant == source_type
+                             else memory.estimate_quantized(model_path, quant))
+        return shapes[quant]
+
+    return shape_for
+
+
+def memory_fits(target: Target, shape_for):
+    """fits(candidate) -> (ok, why): the memory model's verdict, the candidate's predicted peak within
+    the target's RAM less its headroom, and within its GPU's memory."""
+    hw = target.hardware
+    budget_bytes = (hw.ram_gib - target.limits.memory_headroom_gib) * 2**30
+    gpu_budget_bytes = (hw.gpu.memory_gib - GPU_HEADROOM_GIB) * 2**30 if (
+        hw.gpu.kind != "none" and not hw.gpu.unified_memory and hw.gpu.memory_gib) else None
+
+    def fits(cand) -> tuple[bool, str]:
+        need = predicted_peak(target, shape_for(cand.quant), cand.config, tokens=cand.config.ctx_size)
+        if need.host > budget_bytes:
+            return False, (f"the memory model predicts {need.host / 2**30:.2f} GiB for {cand.quant} with KV "
+                           f"{cand.config.cache_type_k}, over the {budget_bytes / 2**30:.2f} GiB budget")
+        if gpu_budget_bytes is not None and need.gpu > gpu_budget_bytes:
+            return False, (f"the memory model predicts {need.gpu / 2**30:.2f} GiB of GPU memory for {cand.quant} with "
+                           f"{cand.config.n_gpu_layers} layers offloaded, over the GPU's {gpu_budget_bytes / 2**30:.2f} GiB")
+        return True, "fits"
+
+    return fits
+
+
 def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corpus, label: str, out: Path | None,
                jobs: int | None, agent: str = "heuristic", seed: int = 0) -> DeployResult:
     import time
@@ -147,18 +182,8 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
     synthetic = source_facts.synthetic
     base = default_config(target, recipe, n_layers=source_facts.n_layers)
     w = recipe.workload
-    hw = target.hardware
-    budget_bytes = (hw.ram_gib - target.limits.memory_headroom_gib) * 2**30
-    gpu_budget_bytes = (hw.gpu.memory_gib - GPU_HEADROOM_GIB) * 2**30 if (
-        hw.gpu.kind != "none" and not hw.gpu.unified_memory and hw.gpu.memory_gib) else None
-
-    shapes: dict[str, memory.ModelShape] = {}
-
-    def shape_for(quant: str) -> memory.ModelShape:
-        if quant not in shapes:
-            shapes[quant] = (memory.ModelShape.from_gguf(model.path) if quant == source_facts.file_type
-                             else memory.estimate_quantized(model.path, quant))
-        return shapes[quant]
+    shape_for = model_shapes(model.path, source_facts.file_type)
+    within_memory = memory_fits(target, shape_for)
 
     # What the device taught the memory model: the predicted peaks (host, GPU) of candidates that ran
     # out of memory there. A candidate predicted to need at least as much of both is not run.
@@ -166,13 +191,10 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
     pruned_noted: set[str] = set()
 
     def fits(cand: Candidate) -> tuple[bool, str]:
+        ok, why = within_memory(cand)
+        if not ok:
+            return False, why
         need = predicted_peak(target, shape_for(cand.quant), cand.config, tokens=cand.config.ctx_size)
-        if need.host > budget_bytes:
-            return False, (f"the memory model predicts {need.host / 2**30:.2f} GiB for {cand.quant} with KV "
-                           f"{cand.config.cache_type_k}, over the {budget_bytes / 2**30:.2f} GiB budget")
-        if gpu_budget_bytes is not None and need.gpu > gpu_budget_bytes:
-            return False, (f"the memory model predicts {need.gpu / 2**30:.2f} GiB of GPU memory for {cand.quant} with "
-                           f"{cand.config.n_gpu_layers} layers offloaded, over the GPU's {gpu_budget_bytes / 2**30:.2f} GiB")
         for host, gpu, failed in out_of_memory:
             if need.host >= host and need.gpu >= gpu:
                 why = (f"the memory model predicts {need.host / 2**30:.3f} GiB for {cand.quant} with KV "

