@@ -550,10 +550,8 @@ def create_ollama_model(client, bundle: Bundle, name: str) -> str:
     return digest
 
 
-def push_to_hub(bundle: Bundle, repo: str, private: bool) -> str:
-    """create_repo (exist_ok) and upload_folder of every listed file plus SHA256SUMS; the commit URL.
-    Whatever goes wrong (a bad name, the network, the Hub) is one UserError, without the token."""
-    from huggingface_hub import HfApi, get_token
+def check_hub_repo(repo: str) -> None:
+    """A UserError unless `repo` is a Hugging Face repo id (checked by huggingface_hub itself)."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
@@ -563,6 +561,14 @@ def push_to_hub(bundle: Bundle, repo: str, private: bool) -> str:
         raise UserError(f"--to-hf {repo!r} is not a Hugging Face repo name: {e}",
                         hint="namespace/name or name, like me/smollm2-135m-haqa: letters, digits, '-', '_' and "
                              "'.', at most 96 characters, not starting or ending with '-' or '.'") from None
+
+
+def push_to_hub(bundle: Bundle, repo: str, private: bool) -> str:
+    """create_repo (exist_ok) and upload_folder of every listed file plus SHA256SUMS; the commit URL.
+    Whatever goes wrong (a bad name, the network, the Hub) is one UserError, without the token."""
+    from huggingface_hub import HfApi, get_token
+
+    check_hub_repo(repo)
     endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
     try:
         token = get_token()
@@ -573,10 +579,11 @@ def push_to_hub(bundle: Bundle, repo: str, private: bool) -> str:
                         hint="set HF_TOKEN, or run `hf auth login` once (the token is never printed)")
     remember(token)  # whichever way get_token() found it, it is masked in everything haqa prints
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
+    signature = [SIGNATURE] if (bundle.root / SIGNATURE).is_file() else []  # so the Hub copy can be verified
     try:
         api.create_repo(repo, exist_ok=True, private=private or None)
         info = api.upload_folder(repo_id=repo, folder_path=bundle.root,
-                                 allow_patterns=[glob.escape(n) for n in sorted([*bundle.files, SUMS])],
+                                 allow_patterns=[glob.escape(n) for n in sorted([*bundle.files, SUMS, *signature])],
                                  commit_message=f"haqa bundle {bundle.label}")
     except Exception as e:  # only huggingface_hub runs here; each failure gets its message
         raise _hub_failure(e, repo, endpoint) from None
@@ -638,6 +645,8 @@ def ship(bundle_path: Path, *, target_name: str | None, host: str = "127.0.0.1",
     if ollama_name is not None and not _OLLAMA_NAME.match(ollama_name):
         raise UserError(f"--ollama-name {ollama_name!r} is not an Ollama model name",
                         hint="letters, digits, '.', '_', '-', ':' and '/'")
+    if hf_repo is not None:
+        check_hub_repo(hf_repo)  # before anything is shipped
     target = None
     if target_name:
         from haqa.config import load_target

@@ -736,3 +736,10 @@ def test_ollama_on_the_device_is_reached_through_the_ssh_forward(real_bundle, de
     paths = [r["path"] for r in standin.requests]
     assert paths == ["/api/tags", f"/api/blobs/sha256:{digest}", "/api/create"]
     assert json.loads(standin.requests[-1]["body"])["model"] == "smol-test"
+
+
+def test_a_bad_hub_repo_name_is_refused_before_the_device_is_touched(small_bundle, device, haqa):
+    code, out, err = haqa("ship", str(small_bundle), "--target", "loop", "--to-hf", "not a valid name!")
+    assert code == 2 and "is not a Hugging Face repo name" in err, err
+    assert "reading the facts" not in err and not device.parent.exists()
+    _no_traceback(err)
