@@ -9,7 +9,6 @@ import time
 import pytest
 
 from haqa.config import load_target
-from haqa.config.schema import Target
 from haqa.errors import UserError
 from haqa.runner import LocalRunner
 from haqa.toolchain import LLAMA_CPP_PYTHON_VERSION, TOOLS, ensure_toolchain, llama_cpp_source
