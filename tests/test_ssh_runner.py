@@ -223,3 +223,13 @@ def test_dropped_connection_between_commands_reconnects(sshd, runner):
     assert runner.run(["true"]).ok
     sshd.cut_connections()  # the client has not noticed yet when the next command starts
     assert runner.run(["echo", "back"]).stdout == "back\n"
+
+
+def test_an_ssh_device_shares_nothing_with_this_machine_and_fetch_copies(runner):
+    """Even on the loopback device: an SSH runner uploads, fetches copies and asks for its Python."""
+    assert not runner.shares_filesystem and not runner.shares_cpu and runner.known_python is None
+    remote = runner.dir("results", "fetched.txt")
+    runner.write_text(remote, "from the device\n")
+    local = runner.fetch(remote)
+    assert local != Path(remote) and local.is_relative_to(runner.local_dir())
+    assert local.read_text() == "from the device\n"

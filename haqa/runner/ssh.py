@@ -182,6 +182,9 @@ def load_private_key(path: Path) -> paramiko.PKey:
 
 class SshRunner(Runner):
     name = "ssh"
+    shares_filesystem = False
+    shares_cpu = False
+    known_python = None
 
     def __init__(self, connect: Connect, *, label: str | None = None, local_root: Path | None = None):
         if connect.kind != "ssh" or not connect.host:
