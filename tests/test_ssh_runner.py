@@ -171,11 +171,11 @@ def test_upload_is_verified_and_not_repeated(runner, tmp_path):
     src = _random_file(tmp_path / "blob.bin", 4)
     remote = runner.dir("models", "test", "blob.bin")
     assert runner.put(src, remote) is True
-    sent = runner.bytes_sent
+    sent = runner.transfer.bytes_sent
     assert sent == src.stat().st_size
     assert runner.sha256(remote) == hashlib.sha256(src.read_bytes()).hexdigest()
     assert runner.put(src, remote) is False  # same hash already there: nothing sent
-    assert runner.bytes_sent == sent
+    assert runner.transfer.bytes_sent == sent
     back = tmp_path / "back.bin"
     runner.get(remote, back)
     assert back.read_bytes() == src.read_bytes()
@@ -192,10 +192,10 @@ def test_upload_cut_mid_transfer_resumes_and_verifies(sshd, runner, tmp_path):
             cut.append(done)
             sshd.cut_connections()
 
-    runner._on_chunk = hook
+    runner.transfer.on_chunk = hook
     assert runner.put(src, remote) is True
     assert cut, "the connection was never cut"
-    assert runner.bytes_sent < 1.25 * size, f"sent {runner.bytes_sent} bytes for {size}: it restarted instead of resuming"
+    assert runner.transfer.bytes_sent < 1.25 * size, f"sent {runner.transfer.bytes_sent} bytes for {size}: it restarted instead of resuming"
     assert runner.sha256(remote) == hashlib.sha256(src.read_bytes()).hexdigest()
     assert not runner.exists(PurePosixPath(f"{remote}.part"))
 
@@ -214,7 +214,7 @@ def test_jump_host(sshd, device_home):
     r = SshRunner(connect_for(sshd, device_home, jump=f"{sshd.user}@127.0.0.1:{sshd.port}"))
     try:
         assert r.run(["echo", "via jump"]).stdout == "via jump\n"
-        assert r._jump is not None
+        assert r.connection.jump is not None
     finally:
         r.close()
 
