@@ -233,3 +233,73 @@ def test_an_ssh_device_shares_nothing_with_this_machine_and_fetch_copies(runner)
     local = runner.fetch(remote)
     assert local != Path(remote) and local.is_relative_to(runner.local_dir())
     assert local.read_text() == "from the device\n"
+
+
+# -- the reconnect policy (no sshd: the rule itself) -----------------------------------------------
+
+
+def test_reconnect_policy_attempts_and_backoff():
+    from haqa.runner.ssh.reconnect import ReconnectPolicy
+
+    policy = ReconnectPolicy.of(3)
+    assert policy.attempts == 4 and policy.idle_restarts == 1
+    assert [policy.backoff_s(n) for n in range(6)] == [1, 2, 4, 8, 10, 10]
+
+
+def test_what_counts_as_a_dropped_connection():
+    import errno
+
+    import paramiko
+
+    from haqa.errors import ConnectionLost
+    from haqa.runner.ssh.reconnect import Dropped, is_drop
+
+    assert is_drop(Dropped("cut"), connected=True)
+    for e in (EOFError(), paramiko.SSHException("gone"), ConnectionResetError(), TimeoutError()):
+        assert is_drop(e, connected=True), e
+    # the device answered: the operation's own error, even if it looks like one of the connection
+    for e in (FileNotFoundError(), PermissionError(), OSError(errno.ENOSPC, "No space left on device"), IOError(2, "x")):
+        assert not is_drop(e, connected=True), e
+    assert is_drop(OSError(errno.ENOSPC, "x"), connected=False)  # no connection left to have answered
+    for e in (UserError("bad key"), ConnectionLost("gone for good"), ValueError("a bug")):
+        assert not is_drop(e, connected=False), e
+
+
+def test_reconnect_policy_tries_again_only_after_a_drop_and_gives_up_after_its_attempts():
+    from haqa.runner.ssh.reconnect import ReconnectPolicy
+
+    policy = ReconnectPolicy.of(2)
+    calls, retries = [], []
+
+    def flaky(errors):
+        def fn():
+            calls.append(1)
+            if errors:
+                raise errors.pop(0)
+            return "done"
+        return fn
+
+    def run(fn, **kw):
+        return policy.run(fn, connected=lambda: True, retry=lambda e, n: retries.append(n),
+                          give_up=lambda e: UserError(f"gave up after {e!r}"), **kw)
+
+    assert run(flaky([EOFError(), EOFError()])) == "done" and len(calls) == 3 and retries == [0, 1]
+    calls.clear(), retries.clear()
+    with pytest.raises(UserError, match="gave up after EOFError"):
+        run(flaky([EOFError()] * 5))
+    assert len(calls) == 3 and retries == [0, 1]
+    calls.clear()
+    with pytest.raises(FileNotFoundError):  # not a drop: raised at once
+        run(flaky([FileNotFoundError()]))
+    assert len(calls) == 1
+    with pytest.raises(UserError, match="gave up"):  # another count for one call (idle restarts)
+        run(flaky([EOFError()] * 5), attempts=1)
+
+    def interrupted():
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise EOFError("paramiko failing while it cleans up") from None
+
+    with pytest.raises(KeyboardInterrupt):  # a Ctrl-C behind a drop-like error is the Ctrl-C
+        run(interrupted)

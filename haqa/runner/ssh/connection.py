@@ -9,13 +9,16 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
 import paramiko
 
 from haqa import ui
 from haqa.config.schema import Connect
 from haqa.errors import ConnectionLost, UserError
-from haqa.runner.ssh.reconnect import DROPS, TRANSIENT, interrupt_in
+from haqa.runner.ssh.reconnect import ReconnectPolicy
+
+T = TypeVar("T")
 
 PASSPHRASE_VAR = "HAQA_SSH_KEY_PASSPHRASE"
 CHUNK = 1 << 18  # one read from a channel, an SFTP file or a socket
@@ -71,6 +74,7 @@ class Connection:
     def __init__(self, connect: Connect, label: str):
         self.connect = connect
         self.label = label
+        self.policy = ReconnectPolicy.of(connect.reconnects)
         self.on_connect: Callable[[], None] | None = None
         self.client: paramiko.SSHClient | None = None
         self.jump: paramiko.SSHClient | None = None
@@ -109,31 +113,25 @@ class Connection:
         return True
 
     def ensure(self) -> paramiko.SSHClient:
-        """The live client: the one open, else a new connection (retried with a backoff)."""
+        """The live client: the one open, else a new connection (attempted as the policy says)."""
         if self.alive():
             return self.client
         self.close()
-        attempts = 1 + self.connect.reconnects
-        for attempt in range(attempts):
-            try:
-                self._connect_once()
-                if self.on_connect:
-                    self.on_connect()
-                return self.client
-            except UserError:
-                raise
-            except (*TRANSIENT, OSError) as e:
-                self.close()
-                if attempt + 1 == attempts:
-                    raise ConnectionLost(
-                        f"cannot reach {self.label}: {type(e).__name__}: {e} (after {attempts} attempts)",
-                        hint="check that the device is on and sshd runs (`haqa doctor` checks the rest), then run the "
-                             "same command again: haqa resumes",
-                    ) from None
-                delay = min(2 ** attempt, 10)
-                ui.note(f"connection to {self.label} failed ({type(e).__name__}); retrying in {delay} s")
-                time.sleep(delay)
-        raise AssertionError("unreachable")
+
+        def wait(e: BaseException, attempt: int) -> None:
+            delay = self.policy.backoff_s(attempt)
+            ui.note(f"connection to {self.label} failed ({type(e).__name__}); retrying in {delay:g} s")
+            time.sleep(delay)
+
+        def unreachable(e: BaseException) -> ConnectionLost:
+            return ConnectionLost(
+                f"cannot reach {self.label}: {type(e).__name__}: {e} (after {self.policy.attempts} attempts)",
+                hint="check that the device is on and sshd runs (`haqa doctor` checks the rest), then run the "
+                     "same command again: haqa resumes",
+            )
+
+        self.policy.run(self._connect_once, connected=lambda: False, retry=wait, give_up=unreachable)
+        return self.client
 
     def sftp(self) -> paramiko.SFTPClient:
         self.ensure()
@@ -147,29 +145,23 @@ class Connection:
         chan.close()
         return status
 
-    def _dropped(self, e: BaseException) -> bool:
-        """Whether an error means the connection is gone (else it is the operation's own error)."""
-        return isinstance(e, DROPS) or not self.alive()
+    def retrying(self, what: str, fn: Callable[[], T]) -> T:
+        """fn() on a live connection, run again on a new one when the connection drops (as the policy
+        says); fn must be safe to repeat."""
+        def attempt() -> T:
+            self.ensure()
+            return fn()
 
-    def retrying(self, what: str, fn: Callable[[], object]):
-        """Run fn, reconnecting (bounded) when the connection drops; fn must be safe to repeat."""
-        for attempt in range(1 + self.connect.reconnects):
-            try:
-                self.ensure()
-                return fn()
-            except (ConnectionLost, UserError):
-                raise
-            except (*TRANSIENT, OSError) as e:
-                if (interrupt := interrupt_in(e)) is not None:
-                    raise interrupt from None
-                if isinstance(e, (FileNotFoundError, PermissionError)) or (isinstance(e, IOError) and getattr(e, "errno", None) in (2, 13)):
-                    raise
-                if not self._dropped(e):
-                    raise  # the device answered: a real error of this operation (a full disk, say)
-                ui.note(f"connection to {self.label} dropped during {what} ({type(e).__name__}: {e}); reconnecting")
-                self.close()
-        raise ConnectionLost(f"lost the connection to {self.label} during {what}, {1 + self.connect.reconnects} times",
-                             hint="check the device and the network, then run the same command again: haqa resumes")
+        def reconnect(e: BaseException, _: int) -> None:
+            ui.note(f"connection to {self.label} dropped during {what} ({type(e).__name__}: {e}); reconnecting")
+            self.close()
+
+        def lost(e: BaseException) -> ConnectionLost:
+            self.close()
+            return ConnectionLost(f"lost the connection to {self.label} during {what}, {self.policy.attempts} times",
+                                  hint="check the device and the network, then run the same command again: haqa resumes")
+
+        return self.policy.run(attempt, connected=self.alive, retry=reconnect, give_up=lost)
 
     def close(self) -> None:
         for c in (self._sftp, self.client, self.jump):
@@ -181,6 +173,15 @@ class Connection:
         self._sftp = self.client = self.jump = None
 
     def _connect_once(self) -> None:
+        try:
+            self._open_all()
+            if self.on_connect:
+                self.on_connect()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_all(self) -> None:
         c = self.connect
         sock = None
         if (jump := c.jump_parts()) is not None:

@@ -176,24 +176,24 @@ class Commands:
             env: Mapping[str, str] | None = None, log_path: Path | None = None,
             on_line: Callable[[str], None] | None = None) -> CommandResult:
         argv = [str(a) for a in argv]
-        attempts = 1 + self.conn.connect.reconnects
-        for attempt in range(attempts):
-            try:
-                return self._run_once(argv, timeout=timeout, cwd=cwd, env=env, log_path=log_path, on_line=on_line)
-            except Dropped as e:
-                name = program(argv)
-                if attempt + 1 == attempts:
-                    raise ConnectionLost(
-                        f"lost the connection to {self.label} while running {name}, {attempts} times; "
-                        f"its output so far is in {log_path or 'the log'}",
-                        hint="check the device and the network, then run the same command again: haqa resumes",
-                    ) from None
-                ui.note(f"connection to {self.label} lost while running {name} ({e}); reconnecting to run it "
-                        f"again from the start ({attempt + 1} of {self.conn.connect.reconnects} retries)")
-                if log_path:
-                    with open(log_path, "a", encoding="utf-8") as log:
-                        log.write(redact(f"--- haqa: the connection dropped ({e}); {name} runs again from the start ---\n"))
-        raise AssertionError("unreachable")
+        name, policy = program(argv), self.conn.policy
+
+        def again(e: BaseException, attempt: int) -> None:
+            ui.note(f"connection to {self.label} lost while running {name} ({e}); reconnecting to run it "
+                    f"again from the start ({attempt + 1} of {policy.attempts - 1} retries)")
+            if log_path:
+                with open(log_path, "a", encoding="utf-8") as log:
+                    log.write(redact(f"--- haqa: the connection dropped ({e}); {name} runs again from the start ---\n"))
+
+        def lost(e: BaseException) -> ConnectionLost:
+            return ConnectionLost(
+                f"lost the connection to {self.label} while running {name}, {policy.attempts} times; "
+                f"its output so far is in {log_path or 'the log'}",
+                hint="check the device and the network, then run the same command again: haqa resumes",
+            )
+
+        return policy.run(lambda: self._run_once(argv, timeout=timeout, cwd=cwd, env=env, log_path=log_path, on_line=on_line),
+                          connected=self.conn.alive, retry=again, give_up=lost)
 
     def check(self, argv: Sequence[str], what: str) -> str:
         """stdout of a command that must succeed (UserError naming `what` when it does not)."""
@@ -228,18 +228,19 @@ class Commands:
                              duration_s=time.monotonic() - start, timed_out=timed_out, log_path=log_path)
 
     def _start(self, argv: list[str], cwd, env):
-        """A channel running argv. A connection that died while idle is noticed here: start again once."""
-        for attempt in range(2):
-            client = self.conn.ensure()
-            try:
-                chan = client.get_transport().open_session()
-                chan.exec_command(command_line(argv, cwd, env))
-                return chan
-            except (*TRANSIENT, OSError) as e:
-                self.conn.close()
-                if attempt:
-                    raise Dropped(f"cannot start {argv[0]}: {e}") from None
-        raise AssertionError("unreachable")
+        """A channel running argv (a connection found dead at the start is opened again: the policy's
+        idle restarts)."""
+        def start():
+            chan = self.conn.ensure().get_transport().open_session()
+            chan.exec_command(command_line(argv, cwd, env))
+            return chan
+
+        def cannot_start(e: BaseException) -> Dropped:
+            self.conn.close()
+            return Dropped(f"cannot start {argv[0]}: {e}")
+
+        return self.conn.policy.run(start, connected=self.conn.alive, retry=lambda e, _: self.conn.close(),
+                                    give_up=cannot_start, attempts=1 + self.conn.policy.idle_restarts)
 
     def _pump(self, chan, output: _Output, start: float, deadline: float | None) -> bool:
         """Read the command's output until it exits (False) or its deadline passes (True); Dropped
