@@ -303,3 +303,21 @@ def test_reconnect_policy_tries_again_only_after_a_drop_and_gives_up_after_its_a
 
     with pytest.raises(KeyboardInterrupt):  # a Ctrl-C behind a drop-like error is the Ctrl-C
         run(interrupted)
+
+
+def test_orphaned_process_groups_are_remembered_across_runs_until_stopped(tmp_path):
+    """The file that carries a cut-off command's process group to the next connection (of this run or
+    the next): written when a group is added, read by a new runner, removed once none is left."""
+    from haqa.runner.ssh.process import Orphans
+
+    path = tmp_path / "device" / "stale-process-groups.json"
+    first = Orphans(path)
+    assert first.groups == [] and not path.exists()
+    first.add(4242, None, 4243, 4242)  # None: a command cut off before its wrapper named its group
+    assert Orphans(path).groups == [4242, 4243]
+    first.discard([4242])
+    assert Orphans(path).groups == [4243]
+    first.discard([4243])
+    assert not path.exists()
+    path.write_text("not json")
+    assert Orphans(path).groups == []
