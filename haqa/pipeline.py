@@ -96,7 +96,7 @@ def prepare_device(runner, target: Target, model, jobs: int | None):
     toolchain = ensure_toolchain(runner, target, jobs=jobs)
     ui.note(f"llama.cpp {toolchain.commit[:8]} toolchain {toolchain.key} "
             f"({'cached' if toolchain.cached else 'built'}) in {toolchain.root}")
-    if runner.name == "local":
+    if runner.shares_filesystem:
         return toolchain, model.path
     device_source = runner.dir("models", "src", f"{model.sha256[:16]}.gguf")
     sent = runner.put(model.path, device_source)
@@ -235,7 +235,7 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
 
     def memory_record(candidate, cand: Candidate, bench: BenchResult) -> dict:
         config = cand.config
-        shape = memory.ModelShape.from_gguf(Path(candidate)) if runner.name == "local" else shape_for(cand.quant)
+        shape = memory.ModelShape.from_gguf(Path(candidate)) if runner.shares_filesystem else shape_for(cand.quant)
         runs = [predicted_peak(target, shape, config, tokens=w.prompt_tokens),
                 predicted_peak(target, shape, config, tokens=w.prompt_tokens + w.gen_tokens, bench_depth=w.prompt_tokens)]
         bench_pred = max(r.host for r in runs)

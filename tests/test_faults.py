@@ -409,10 +409,10 @@ def test_ctrl_c_during_an_upload_stops_it_at_once_and_the_next_upload_resumes(de
 
     def hook(done: int) -> None:
         if done > 6 * MIB:
-            runner._on_chunk = None
+            runner.transfer.on_chunk = None
             started.set()
 
-    runner._on_chunk = hook
+    runner.transfer.on_chunk = hook
     threading.Thread(target=press, daemon=True).start()
     faulthandler.dump_traceback_later(120, exit=True)  # a regression hangs for ever: end it, with the stacks
     try:
@@ -421,9 +421,9 @@ def test_ctrl_c_during_an_upload_stops_it_at_once_and_the_next_upload_resumes(de
         faulthandler.cancel_dump_traceback_later()
         part = Path(f"{remote}.part")
         assert part.exists() and part.stat().st_size < src.stat().st_size and not Path(remote).exists()
-        sent = runner.bytes_sent
+        sent = runner.transfer.bytes_sent
         assert runner.put(src, remote) is True
-        assert runner.bytes_sent - sent <= src.stat().st_size - 6 * MIB, "the upload started over"
+        assert runner.transfer.bytes_sent - sent <= src.stat().st_size - 6 * MIB, "the upload started over"
         assert Path(remote).read_bytes() == src.read_bytes()
     finally:
         faulthandler.cancel_dump_traceback_later()
@@ -780,7 +780,7 @@ def test_upload_to_a_disk_that_fills_up_stops_with_the_path_and_sizes_and_no_par
         if not filled and done > 8 * MIB:
             filled.append(disk.fill())
 
-    runner._on_chunk = hook
+    runner.transfer.on_chunk = hook
     try:
         with pytest.raises(DiskFull) as e:
             runner.put(src, remote)

@@ -59,3 +59,13 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
 def test_missing_program_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="not installed or not on PATH"):
         LocalRunner(tmp_path).run(["haqa-no-such-program-xyz"])
+
+
+def test_the_local_device_is_this_machine(tmp_path):
+    """Capabilities, not the runner's name: the files, processors and Python of this machine."""
+    r = LocalRunner(tmp_path)
+    assert r.shares_filesystem and r.shares_cpu and r.known_python == sys.executable
+    model = tmp_path / "models" / "m.gguf"
+    model.parent.mkdir()
+    model.write_bytes(b"GGUF")
+    assert r.fetch(model) == model  # the device file itself, not a copy

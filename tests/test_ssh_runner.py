@@ -171,11 +171,11 @@ def test_upload_is_verified_and_not_repeated(runner, tmp_path):
     src = _random_file(tmp_path / "blob.bin", 4)
     remote = runner.dir("models", "test", "blob.bin")
     assert runner.put(src, remote) is True
-    sent = runner.bytes_sent
+    sent = runner.transfer.bytes_sent
     assert sent == src.stat().st_size
     assert runner.sha256(remote) == hashlib.sha256(src.read_bytes()).hexdigest()
     assert runner.put(src, remote) is False  # same hash already there: nothing sent
-    assert runner.bytes_sent == sent
+    assert runner.transfer.bytes_sent == sent
     back = tmp_path / "back.bin"
     runner.get(remote, back)
     assert back.read_bytes() == src.read_bytes()
@@ -192,10 +192,10 @@ def test_upload_cut_mid_transfer_resumes_and_verifies(sshd, runner, tmp_path):
             cut.append(done)
             sshd.cut_connections()
 
-    runner._on_chunk = hook
+    runner.transfer.on_chunk = hook
     assert runner.put(src, remote) is True
     assert cut, "the connection was never cut"
-    assert runner.bytes_sent < 1.25 * size, f"sent {runner.bytes_sent} bytes for {size}: it restarted instead of resuming"
+    assert runner.transfer.bytes_sent < 1.25 * size, f"sent {runner.transfer.bytes_sent} bytes for {size}: it restarted instead of resuming"
     assert runner.sha256(remote) == hashlib.sha256(src.read_bytes()).hexdigest()
     assert not runner.exists(PurePosixPath(f"{remote}.part"))
 
@@ -214,7 +214,7 @@ def test_jump_host(sshd, device_home):
     r = SshRunner(connect_for(sshd, device_home, jump=f"{sshd.user}@127.0.0.1:{sshd.port}"))
     try:
         assert r.run(["echo", "via jump"]).stdout == "via jump\n"
-        assert r._jump is not None
+        assert r.connection.jump is not None
     finally:
         r.close()
 
@@ -223,3 +223,101 @@ def test_dropped_connection_between_commands_reconnects(sshd, runner):
     assert runner.run(["true"]).ok
     sshd.cut_connections()  # the client has not noticed yet when the next command starts
     assert runner.run(["echo", "back"]).stdout == "back\n"
+
+
+def test_an_ssh_device_shares_nothing_with_this_machine_and_fetch_copies(runner):
+    """Even on the loopback device: an SSH runner uploads, fetches copies and asks for its Python."""
+    assert not runner.shares_filesystem and not runner.shares_cpu and runner.known_python is None
+    remote = runner.dir("results", "fetched.txt")
+    runner.write_text(remote, "from the device\n")
+    local = runner.fetch(remote)
+    assert local != Path(remote) and local.is_relative_to(runner.local_dir())
+    assert local.read_text() == "from the device\n"
+
+
+# -- the reconnect policy (no sshd: the rule itself) -----------------------------------------------
+
+
+def test_reconnect_policy_attempts_and_backoff():
+    from haqa.runner.ssh.reconnect import ReconnectPolicy
+
+    policy = ReconnectPolicy.of(3)
+    assert policy.attempts == 4 and policy.idle_restarts == 1
+    assert [policy.backoff_s(n) for n in range(6)] == [1, 2, 4, 8, 10, 10]
+
+
+def test_what_counts_as_a_dropped_connection():
+    import errno
+
+    import paramiko
+
+    from haqa.errors import ConnectionLost
+    from haqa.runner.ssh.reconnect import Dropped, is_drop
+
+    assert is_drop(Dropped("cut"), connected=True)
+    for e in (EOFError(), paramiko.SSHException("gone"), ConnectionResetError(), TimeoutError()):
+        assert is_drop(e, connected=True), e
+    # the device answered: the operation's own error, even if it looks like one of the connection
+    for e in (FileNotFoundError(), PermissionError(), OSError(errno.ENOSPC, "No space left on device"), IOError(2, "x")):
+        assert not is_drop(e, connected=True), e
+    assert is_drop(OSError(errno.ENOSPC, "x"), connected=False)  # no connection left to have answered
+    for e in (UserError("bad key"), ConnectionLost("gone for good"), ValueError("a bug")):
+        assert not is_drop(e, connected=False), e
+
+
+def test_reconnect_policy_tries_again_only_after_a_drop_and_gives_up_after_its_attempts():
+    from haqa.runner.ssh.reconnect import ReconnectPolicy
+
+    policy = ReconnectPolicy.of(2)
+    calls, retries = [], []
+
+    def flaky(errors):
+        def fn():
+            calls.append(1)
+            if errors:
+                raise errors.pop(0)
+            return "done"
+        return fn
+
+    def run(fn, **kw):
+        return policy.run(fn, connected=lambda: True, retry=lambda e, n: retries.append(n),
+                          give_up=lambda e: UserError(f"gave up after {e!r}"), **kw)
+
+    assert run(flaky([EOFError(), EOFError()])) == "done" and len(calls) == 3 and retries == [0, 1]
+    calls.clear(), retries.clear()
+    with pytest.raises(UserError, match="gave up after EOFError"):
+        run(flaky([EOFError()] * 5))
+    assert len(calls) == 3 and retries == [0, 1]
+    calls.clear()
+    with pytest.raises(FileNotFoundError):  # not a drop: raised at once
+        run(flaky([FileNotFoundError()]))
+    assert len(calls) == 1
+    with pytest.raises(UserError, match="gave up"):  # another count for one call (idle restarts)
+        run(flaky([EOFError()] * 5), attempts=1)
+
+    def interrupted():
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise EOFError("paramiko failing while it cleans up") from None
+
+    with pytest.raises(KeyboardInterrupt):  # a Ctrl-C behind a drop-like error is the Ctrl-C
+        run(interrupted)
+
+
+def test_orphaned_process_groups_are_remembered_across_runs_until_stopped(tmp_path):
+    """The file that carries a cut-off command's process group to the next connection (of this run or
+    the next): written when a group is added, read by a new runner, removed once none is left."""
+    from haqa.runner.ssh.process import Orphans
+
+    path = tmp_path / "device" / "stale-process-groups.json"
+    first = Orphans(path)
+    assert first.groups == [] and not path.exists()
+    first.add(4242, None, 4243, 4242)  # None: a command cut off before its wrapper named its group
+    assert Orphans(path).groups == [4242, 4243]
+    first.discard([4242])
+    assert Orphans(path).groups == [4243]
+    first.discard([4243])
+    assert not path.exists()
+    path.write_text("not json")
+    assert Orphans(path).groups == []

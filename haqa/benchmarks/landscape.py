@@ -258,7 +258,7 @@ def _measure_on(runner, target, recipe, model, source_facts, corpus, out: Path, 
     anchor_config = SearchSpace(dims=dims, ctx_size=full.ctx_size).make({}).config
     toolchain = ensure_toolchain(runner, target, jobs=jobs)
     ui.note(f"llama.cpp {toolchain.commit[:8]} toolchain {toolchain.key} in {toolchain.root}")
-    if runner.name == "local":
+    if runner.shares_filesystem:
         device_source = model.path
     else:
         device_source = runner.dir("models", "src", f"{model.sha256[:16]}.gguf")
@@ -379,7 +379,7 @@ def _measure_on(runner, target, recipe, model, source_facts, corpus, out: Path, 
 
     # Speed: every point in the shuffled order, under the pipeline's drift guard.
     space = SearchSpace(dims=dims, ctx_size=full.ctx_size)
-    load = ForeignLoad() if runner.name == "local" and quiet_guard else None
+    load = ForeignLoad() if runner.shares_cpu and quiet_guard else None
 
     def anchor() -> float:
         if load:

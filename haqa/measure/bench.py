@@ -121,9 +121,7 @@ def _python_on(runner: Runner) -> str | None:
     cached = getattr(runner, "_haqa_python", "unset")
     if cached != "unset":
         return cached
-    import sys
-
-    found = sys.executable if runner.name == "local" else None
+    found = runner.known_python
     if found is None:
         for candidate in ("python3", "python"):
             try:

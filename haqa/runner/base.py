@@ -65,6 +65,17 @@ class Runner(abc.ABC):
     name: str
     home: PurePath
 
+    # What the device shares with this machine. Code that must act differently on a device that is this
+    # machine asks one of these, never which runner it is; every runner sets each of them.
+    shares_filesystem: bool
+    """A device path is a path on this machine, the same file: nothing needs uploading to be there, and
+    `fetch` returns the device file itself."""
+    shares_cpu: bool
+    """The device's processors are this machine's: other work on this machine competes with a measurement."""
+    known_python: str | None
+    """A Python interpreter that runs on the device, known without asking the device (this process's own
+    when the device is this machine); None when the device must be asked."""
+
     @abc.abstractmethod
     def run(
         self,
@@ -146,7 +157,9 @@ class Runner(abc.ABC):
         """A folder on this machine for this device's logs and fetched files (created)."""
 
     def fetch(self, remote: PurePath) -> Path:
-        """A local copy of a device file (the file itself when the device is this machine)."""
+        """A local copy of a device file (the file itself when the filesystem is shared)."""
+        if self.shares_filesystem:
+            return Path(remote)
         local = self.local_dir("fetched", *PurePath(remote).relative_to(self.home).parent.parts) / PurePath(remote).name
         self.get(remote, local)
         return local

@@ -10,6 +10,7 @@ import platform
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -43,6 +44,9 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 class LocalRunner(Runner):
     name = "local"
+    shares_filesystem = True
+    shares_cpu = True
+    known_python = sys.executable
 
     def __init__(self, home: Path | None = None):
         self.home = home or paths.cache_home()
@@ -129,9 +133,6 @@ class LocalRunner(Runner):
 
     def get(self, remote: PurePath, local: Path) -> None:
         self.put(Path(remote), local)
-
-    def fetch(self, remote: PurePath) -> Path:
-        return Path(remote)
 
     def exists(self, remote: PurePath) -> bool:
         return Path(remote).exists()

@@ -215,7 +215,7 @@ def ensure_source_on_device(runner: Runner, source: LlamaCppSource) -> PurePath:
     """The trimmed llama.cpp tree on the device: extracted in place locally, uploaded once (by hash)
     and unpacked there for a remote device."""
     src = runner.dir("src", source.sha256[:16])
-    if runner.name == "local":
+    if runner.shares_filesystem:
         return source.extract(Path(src))
     if runner.exists(src / ".haqa-complete"):
         return src
