@@ -40,7 +40,7 @@ from pathlib import Path, PurePath, PurePosixPath
 from haqa import __version__, ui
 from haqa.bundle.lock import LOCK_NAME as LOCK
 from haqa.bundle.lock import REDEPLOY as _REDEPLOY
-from haqa.bundle.lock import Lock, parse, read_json
+from haqa.bundle.lock import Lock, load
 from haqa.bundle.services import plain, service_name
 from haqa.bundle.verify import SIGNATURE, SUMS, verify_sums
 from haqa.errors import UserError
@@ -93,7 +93,7 @@ def verify_bundle(path: Path, allowed_signers: Path | None = None) -> Bundle:
     files = checked.files
     if LOCK not in files:
         raise UserError(f"{SUMS} in {root} does not list {LOCK}", hint=_REDEPLOY)
-    lock = parse(read_json(root / LOCK), root / LOCK)
+    lock = load(root / LOCK)
     for name, digest in lock.files.items():
         if files.get(name) != digest:
             raise UserError(f"{LOCK} and {SUMS} disagree about {name}", hint=_REDEPLOY)

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from haqa.bundle import write_bundle
+from haqa.bundle.lock import parse
 from haqa.hashing import sha256_file
 from haqa.probe import local_facts
 from haqa.runtime import RuntimeConfig
@@ -43,19 +44,20 @@ CONFIG = RuntimeConfig(threads=2, ctx_size=512, batch_size=512)
 # -- bundles -------------------------------------------------------------------------------------
 
 def make_bundle(out: Path, model: Path, server: Path, *, peak_bytes: int) -> Path:
-    """A bundle as `haqa deploy` writes it, with a lock made for this machine (the `local` target)."""
+    """A bundle as `haqa deploy` writes it: the lock of a real deploy (tests/data), made for this machine
+    (the `local` target) with the model, flags and predicted peak given here."""
     facts = local_facts()
     target = {"name": "local", "os": facts.pop("os"), "hardware": facts, "limits": {"memory_headroom_gib": 1.0}}
-    lock = {
-        "target": {"name": "local", "facts": target},
-        "recipe": {"name": RECIPE},
-        "llama_cpp": {"cmake_options": {"BUILD_SHARED_LIBS": "OFF"}},
-        "model": {"file_type": "Q4_1"},
-        "runtime": {**CONFIG.as_dict(), "server_args": CONFIG.server_args()},
-        "metrics": {"memory": {"deployment_predicted": {"host_bytes": peak_bytes, "gpu_bytes": 0,
-                                                        "basis": "predicted (haqa memory model)"}}},
-    }
-    return write_bundle(out, model=model, model_name=f"{RECIPE}-Q4_1.gguf", server_binary=server, lock=lock,
+    lock = json.loads((REPO / "tests" / "data" / "lock-smollm2-135m.json").read_text())
+    lock["target"] = {"name": "local", "facts": target}
+    lock["recipe"]["name"] = RECIPE
+    lock["llama_cpp"]["cmake_options"] = {"BUILD_SHARED_LIBS": "OFF"}
+    lock["model"]["file_type"] = "Q4_1"
+    lock["runtime"] = {**CONFIG.as_dict(), "server_args": CONFIG.server_args()}
+    lock["metrics"]["memory"]["deployment_predicted"] = {"host_bytes": peak_bytes, "gpu_bytes": 0,
+                                                         "basis": "predicted (haqa memory model)"}
+    return write_bundle(out, model=model, model_name=f"{RECIPE}-Q4_1.gguf", server_binary=server,
+                        lock=parse(lock, out / "haqa.lock.json"),
                         server_args=CONFIG.server_args(), label=LABEL, alias=RECIPE, config=CONFIG, recipe=RECIPE)
 
 
