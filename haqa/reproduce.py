@@ -19,7 +19,7 @@ from haqa.bundle.lock import LOCK_NAME, Lock, load
 from haqa.bundle.lock.build import reproduced
 from haqa.bundle.report import documents
 from haqa.bundle.verify import SUMS, verify_sums
-from haqa.config import fingerprint, find_file, load_recipe, load_target
+from haqa.config import find_file, fingerprint, load_recipe, load_target
 from haqa.config.schema import Recipe, Target
 from haqa.errors import UserError
 from haqa.measure.bench import run_bench

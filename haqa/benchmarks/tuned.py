@@ -63,8 +63,7 @@ def _same_result(a: Lock, b: Lock) -> bool:
 
 def _fmt_side(label: str, side: Contender) -> str:
     if not side.measured:
-        why = side.not_measured if side.not_measured is not None else "not measured"
-        return f"| {label} | {side.quant} | {why} | | | | | |"
+        return f"| {label} | {side.quant} | {side.why_not_measured} | | | | | |"
     q = side.quality
     kld = f"{q.kld_mean:.4f}" if q else "n/a (synthetic)"
     return (f"| {label} | {side.quant} | {side.decode.median:.1f} | {side.prefill.median:.1f} "

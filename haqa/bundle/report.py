@@ -52,8 +52,7 @@ def _contender_rows(comp: Comparison) -> list[str]:
             "|---|---|---|---|---|---|---|---|"]
     for label, side in comp.contenders.items():
         if not side.measured:
-            why = side.not_measured if side.not_measured is not None else "not measured"
-            rows.append(f"| {label} | {side.quant} | {why} | | | | | |")
+            rows.append(f"| {label} | {side.quant} | {side.why_not_measured} | | | | | |")
             continue
         q, d, p = side.quality, side.decode, side.prefill
         rows.append(f"| {label} | {side.quant} | {d.median:.1f} ({d.min:.1f}..{d.max:.1f}) "

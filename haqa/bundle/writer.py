@@ -82,11 +82,12 @@ def _fill(folder: Path, *, model: Path, model_name: str, server_binary: Path, lo
     script.chmod(0o755)
     names = [model_name, "bin/llama-server", "run.sh"]
     if config is not None:
-        name = recipe or alias
+        name, installed = recipe or alias, services.InstallFolder.default(label)
+        unit, agent = f"{services.service_name(name)}.service", f"{services.agent_label(name)}.plist"
         (folder / "Modelfile").write_text(services.modelfile(model_name, config, label))
-        (folder / f"{services.service_name(name)}.service").write_text(services.systemd_unit(name, label))
-        (folder / f"dev.haqa.{name}.plist").write_bytes(services.launchd_plist(name, label))
-        names += ["Modelfile", f"{services.service_name(name)}.service", f"dev.haqa.{name}.plist"]
+        (folder / unit).write_text(services.systemd_unit(name, label, installed))
+        (folder / agent).write_bytes(services.launchd_plist(name, label, installed))
+        names += ["Modelfile", unit, agent]
     for name, data in (documents or {}).items():
         (folder / name).write_bytes(data)
         names.append(name)

@@ -18,8 +18,19 @@ from typing import Literal, Optional, Union
 
 from pydantic import ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from haqa.bundle.lock.records import (Bytes, Comparison, Count, Knobs, Metrics, Num, Quant, Sha256, Text,
-                                      TrialRecord, Table)
+from haqa.bundle.lock.records import (
+    Bytes,
+    Comparison,
+    Count,
+    Knobs,
+    Metrics,
+    Num,
+    Quant,
+    Sha256,
+    Table,
+    Text,
+    TrialRecord,
+)
 from haqa.config.schema import Name, Target, Workload
 from haqa.config.schema import Quality as QualityBudget
 

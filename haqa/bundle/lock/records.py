@@ -7,8 +7,17 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr,
-                      model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 
 from haqa.config.quants import QUANT_NAMES
 from haqa.config.schema import KV_TYPES, Workload
@@ -210,6 +219,10 @@ class Contender(Table):
     @property
     def measured(self) -> bool:
         return self.decode is not None
+
+    @property
+    def why_not_measured(self) -> str:
+        return self.not_measured if self.not_measured is not None else "not measured"
 
     @model_validator(mode="after")
     def _complete(self):
