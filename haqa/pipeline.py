@@ -13,11 +13,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from haqa import __version__, ui
-from haqa.agent.select import RULE, NothingFeasible, Trial, choose, within_budget
+from haqa import ui
+from haqa.agent.select import NothingFeasible, Trial, choose, within_budget
 from haqa.bundle import write_bundle
 from haqa.bundle.destination import check_destination
-from haqa.config import fingerprint, find_file, load_recipe, load_target
+from haqa.bundle.lock.build import build as build_lock
+from haqa.bundle.report import documents
+from haqa.config import find_file, load_recipe, load_target
 from haqa.config.schema import Recipe, Target
 from haqa.errors import ConnectionLost, ToolFailed, UserError, death_signal
 from haqa.measure.bench import BenchResult, SpeedPolicy, quick_decode, run_bench
@@ -34,7 +36,6 @@ from haqa.runner.base import DiskFull
 from haqa.runtime import RuntimeConfig
 from haqa.toolchain import ensure_toolchain
 
-LOCK_SCHEMA = 2
 GPU_HEADROOM_GIB = 0.5  # the CUDA context and the driver's own allocations
 SPEED_POLICY = SpeedPolicy()
 
@@ -446,13 +447,10 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
               "objective": obj.describe(recipe.objective, w.prompt_tokens),
               "pareto_front": [f"{t.name} ({t.config.describe()})" for t in front]}
     model_name = f"{recipe.name}-{winner.quant}.gguf"
-    lock = _lock(target, recipe, model, source_facts, toolchain, winner, all_trials, candidate, runner.describe(),
-                 corpus, settings, guard if new_trials else None, reruns, search,
-                 [(who, why) for (_, _, who, why) in trials.values()])
-    lock["comparison"] = comparison
-    if rounds:
-        lock["metrics"]["speed_basis"] = (f"the side-by-side re-measurement ({rounds} interleaved rounds x "
-                                          f"{reps} repetitions); the search's own figures are in trials")
+    lock = build_lock(target=target, recipe=recipe, source=model, source_facts=source_facts, toolchain=toolchain,
+                      model_file=candidate, winner=winner, trials=[(t, who, why) for _, t, who, why in trials.values()],
+                      measured_on=runner.describe(), corpus=corpus, settings=settings, speed_policy=SPEED_POLICY,
+                      guard=guard if new_trials else None, reruns=reruns, selection=search, comparison=comparison)
     out = out or Path("dist") / label
     bundle = write_bundle(out, model=candidate, model_name=model_name, server_binary=server,
                           lock=lock, server_args=winner.config.server_args(), label=label, alias=recipe.name,
@@ -604,13 +602,6 @@ def compare_with_baselines(runner, toolchain, recipe: Recipe, source_facts, fina
     return winner, out
 
 
-def documents(lock: dict) -> dict[str, bytes]:
-    """REPORT.md and pareto.png, both drawn from the lock alone."""
-    from haqa.bundle import plot, report
-
-    return {"REPORT.md": report.render(lock).encode(), "pareto.png": plot.pareto_png(lock)}
-
-
 def _trial_from_store(rec, cand) -> Trial:
     if rec.status != "ok":
         return Trial(cand.quant, cand.config, None, error=rec.error, cause=rec.cause, model_sha256=rec.model_sha256)
@@ -684,58 +675,3 @@ def _report(trial: Trial, origin: str, recipe: Recipe, synthetic: bool) -> Trial
             f"prefill {b.prefill.mean:8.1f} ± {b.prefill.stddev:.1f} tok/s (n={b.prefill.repetitions}), "
             f"{kld}{rss} [{origin}]")
     return trial
-
-
-def _trial_record(t: Trial, recipe: Recipe, synthetic: bool) -> dict:
-    rec = {"name": t.name, "quant": t.quant, "config": t.config.as_dict(), "status": "ok" if t.ok else "failed"}
-    if t.ok:
-        ok, why = within_budget(t, recipe.quality, synthetic=synthetic)
-        rec["bench"] = t.bench.as_dict()
-        if t.memory:
-            rec["memory"] = t.memory
-        rec["quality"] = t.quality.as_dict() if t.quality else None
-        rec["within_budget"] = ok
-        rec["budget_note"] = why
-        rec["time_to_first_token_s"] = {
-            "value": round(t.bench.time_to_first_token_s(recipe.workload.prompt_tokens), 4),
-            "basis": f"derived: prompt_tokens ({recipe.workload.prompt_tokens}) / measured prefill mean",
-        }
-        rec["model_sha256"] = t.model_sha256
-    else:
-        rec["error"] = t.error
-    return rec
-
-
-def _lock(target: Target, recipe: Recipe, model, source_facts, toolchain, winner: Trial, trials: list[Trial],
-          candidate: Path, device: dict, corpus, settings: QualitySettings, guard: DriftGuard | None,
-          reruns: int, search: dict, provenance: list[tuple[str, str]]) -> dict:
-    facts = read_facts(candidate)
-    return {
-        "schema": LOCK_SCHEMA,
-        "haqa_version": __version__,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "target": {"name": target.name, "sha256": fingerprint(target), "facts": target.model_dump(mode="json")},
-        "recipe": {"name": recipe.name, "sha256": fingerprint(recipe), "workload": recipe.workload.model_dump(),
-                   "quality_budget": recipe.quality.model_dump()},
-        "measured_on": device,
-        "llama_cpp": {"commit": toolchain.commit, "llama_cpp_python": toolchain.llama_cpp_python,
-                      "source_sha256": toolchain.source_sha256, "cmake_options": toolchain.cmake_options,
-                      "toolchain_key": toolchain.key},
-        "source_model": {"source": model.source, "sha256": model.sha256, "file_type": source_facts.file_type},
-        "model": {"file_type": winner.quant, "sha256": winner.model_sha256, "size_bytes": facts.size_bytes,
-                  "architecture": facts.architecture, "n_params": facts.n_params},
-        "runtime": {**winner.config.as_dict(), "server_args": winner.config.server_args()},
-        "selection": {**search, "rule": RULE},
-        "synthetic": source_facts.synthetic,
-        "quality_method": ("not measured: synthetic weights" if source_facts.synthetic else
-                           {"reference": f"the source GGUF ({source_facts.file_type})", "corpus": corpus.name,
-                            "corpus_sha256": corpus.sha256, "ctx": settings.ctx, "chunks": settings.chunks,
-                            "tool": "llama-perplexity --kl-divergence"}),
-        "speed_method": {"tool": "llama-bench", **dataclasses.asdict(SPEED_POLICY),
-                         "prefill": f"{recipe.workload.prompt_tokens} tokens at depth 0",
-                         "decode": f"{recipe.workload.gen_tokens} tokens at depth {recipe.workload.prompt_tokens}"},
-        "drift_guard": ({**guard.as_dict(), "reruns": reruns} if guard else "no new measurements in this run"),
-        "metrics": _trial_record(winner, recipe, source_facts.synthetic),
-        "trials": [{**_trial_record(t, recipe, source_facts.synthetic), "proposer": who, "rationale": why}
-                   for t, (who, why) in zip(trials, provenance)],
-    }

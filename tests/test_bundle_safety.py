@@ -102,6 +102,7 @@ def test_deploy_refuses_an_out_that_holds_what_haqa_did_not_write(project, haqa,
 
 def test_deploy_from_lock_refuses_an_out_of_user_files_before_anything_runs(project, haqa, tripwire, tmp_path):
     from haqa.bundle import write_bundle
+    from haqa.bundle.lock import parse
 
     lock = json.loads((REPO / "tests" / "data" / "lock-smollm2-135m.json").read_text())
     lock["target"]["facts"] = load_target("local").model_dump(mode="json")
@@ -109,7 +110,8 @@ def test_deploy_from_lock_refuses_an_out_of_user_files_before_anything_runs(proj
     (tmp_path / "server").write_text("#!/bin/sh\n")
     bundle = write_bundle(tmp_path / "dist" / "smollm2-135m@local", model=tmp_path / "m.gguf",
                           model_name=f"smollm2-135m-{lock['model']['file_type']}.gguf", server_binary=tmp_path / "server",
-                          lock=lock, server_args=[], label="smollm2-135m@local", alias="smollm2-135m")
+                          lock=parse(lock, tmp_path / "lock.json"), server_args=[], label="smollm2-135m@local",
+                          alias="smollm2-135m")
     before = _user_files(tmp_path / "mine")
     code, _, err = haqa("deploy", "--from-lock", str(bundle), "--out", "mine")
     assert code == 2 and "is a folder that is not a haqa bundle" in err, err

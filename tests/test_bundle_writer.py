@@ -16,8 +16,17 @@ import time
 import pytest
 
 from haqa.bundle import write_bundle
+from haqa.bundle.lock import parse
 from haqa.bundle.run_script import render
 from haqa.hashing import sha256_file
+from tests.conftest import REPO
+
+DEPLOYED = json.loads((REPO / "tests" / "data" / "lock-smollm2-135m.json").read_text())
+
+
+def lock_with(**marks):
+    """A real deploy's lock (tests/data) with these keys added, to tell one bundle written from another."""
+    return parse({**DEPLOYED, **marks}, REPO / "tests" / "data" / "lock-smollm2-135m.json")
 
 
 def _write(out, tmp_path, **kw):
@@ -26,10 +35,10 @@ def _write(out, tmp_path, **kw):
     server = tmp_path / "fake-server"
     server.write_text("#!/bin/sh\nprintf '%s\\n' \"$@\"\n")
     server.chmod(0o755)
-    args = dict(model=model, model_name="m-Q4_0.gguf", server_binary=server, lock={"schema": 1},
+    args = dict(model=model, model_name="m-Q4_0.gguf", server_binary=server,
                 server_args=["--threads", "2"], label="m@t", alias="m")
     args.update(kw)
-    return write_bundle(out, **args)
+    return write_bundle(out, lock=lock_with(**args.pop("lock", {})), **args)
 
 
 def test_run_sh_quotes_every_value_and_honours_host_and_port(tmp_path):
@@ -59,7 +68,7 @@ def test_lock_lists_hashes_of_the_bundle_files(tmp_path):
 
 
 def test_failed_write_keeps_the_previous_bundle(tmp_path):
-    out = _write(tmp_path / "b", tmp_path, lock={"schema": 1, "generation": "old"})
+    out = _write(tmp_path / "b", tmp_path, lock={"generation": "old"})
     with pytest.raises(FileNotFoundError):
         _write(tmp_path / "b", tmp_path, server_binary=tmp_path / "missing-binary", lock={"generation": "new"})
     assert json.loads((out / "haqa.lock.json").read_text())["generation"] == "old"
@@ -90,9 +99,9 @@ def test_service_files_checksums_and_tarball(tmp_path):
     assert "FROM ./m-Q4_0.gguf" in modelfile and "PARAMETER num_ctx 4096" in modelfile
     assert "PARAMETER num_thread 4" in modelfile and "PARAMETER num_batch 512" in modelfile
     unit = (out / "haqa-m.service").read_text()
-    assert "ExecStart=%h/.local/share/haqa/bundles/m@t/run.sh --host 127.0.0.1" in unit
+    assert 'ExecStart="%h/.cache/haqa/bundles/m@t/run.sh" "--host" "127.0.0.1" "--port" "8080"' in unit
     plist = plistlib.loads((out / "dev.haqa.m.plist").read_bytes())
-    assert plist["Label"] == "dev.haqa.m" and "--host 127.0.0.1" in plist["ProgramArguments"][-1]
+    assert plist["Label"] == "dev.haqa.m" and plist["ProgramArguments"][-4:] == ["--host", "127.0.0.1", "--port", "8080"]
     sums = dict(line.split("  ")[::-1] for line in (out / "SHA256SUMS").read_text().splitlines())
     assert set(sums) == {"m-Q4_0.gguf", "bin/llama-server", "run.sh", "Modelfile", "haqa-m.service",
                          "dev.haqa.m.plist", "haqa.lock.json", "REPORT.md", "pareto.png"}
@@ -107,7 +116,7 @@ def test_service_files_checksums_and_tarball(tmp_path):
 def test_ctrl_c_midway_keeps_the_previous_bundle(tmp_path, monkeypatch):
     from haqa.bundle import writer
 
-    out = _write(tmp_path / "b", tmp_path, lock={"schema": 1, "generation": "old"})
+    out = _write(tmp_path / "b", tmp_path, lock={"generation": "old"})
     calls = []
 
     def interrupted(path):
@@ -130,7 +139,7 @@ def test_killed_midway_keeps_the_previous_bundle(tmp_path):
     import sys
     import time
 
-    out = _write(tmp_path / "b", tmp_path, lock={"schema": 1, "generation": "old"})
+    out = _write(tmp_path / "b", tmp_path, lock={"generation": "old"})
     script = f"""
 import time, haqa.bundle.writer as w
 from pathlib import Path
@@ -275,12 +284,12 @@ def test_editing_the_bundle_leaves_the_cached_model_as_it_was(tmp_path):
 def test_a_model_that_is_not_the_measured_one_is_not_bundled(tmp_path):
     from haqa.errors import UserError
 
-    out = _write(tmp_path / "b", tmp_path, lock={"schema": 1, "generation": "old"})
+    out = _write(tmp_path / "b", tmp_path, lock={"generation": "old"})
     measured = sha256_file(out / "m-Q4_0.gguf")
     (tmp_path / "m.gguf").write_bytes(b"GGUF other bytes")
     with pytest.raises(UserError, match="is not the file that was measured"):
         write_bundle(tmp_path / "b", model=tmp_path / "m.gguf", model_name="m-Q4_0.gguf",
-                     server_binary=tmp_path / "fake-server", lock={"generation": "new"}, server_args=[],
+                     server_binary=tmp_path / "fake-server", lock=lock_with(generation="new"), server_args=[],
                      label="m@t", alias="m", model_sha256=measured)
     assert json.loads((out / "haqa.lock.json").read_text())["generation"] == "old"
     _assert_pair_matches(out)
@@ -329,7 +338,7 @@ SLOW_TARBALL = """
 
 
 def test_ctrl_c_while_the_tarball_is_written_keeps_the_old_folder_and_tarball(tmp_path):
-    out = _write(tmp_path / "b", tmp_path, lock={"schema": 1, "generation": "old"})
+    out = _write(tmp_path / "b", tmp_path, lock={"generation": "old"})
     proc = _child(SLOW_TARBALL.format(started=str(tmp_path / "started"), out=str(out), tmp=str(tmp_path)))
     _wait_for(tmp_path / "started", proc)
     proc.send_signal(signal.SIGINT)  # Ctrl-C
@@ -340,7 +349,7 @@ def test_ctrl_c_while_the_tarball_is_written_keeps_the_old_folder_and_tarball(tm
 
 
 def test_killed_while_the_tarball_is_written_the_old_pair_stays_and_the_next_write_cleans_up(tmp_path):
-    out = _write(tmp_path / "b", tmp_path, lock={"schema": 1, "generation": "old"})
+    out = _write(tmp_path / "b", tmp_path, lock={"generation": "old"})
     proc = _child(SLOW_TARBALL.format(started=str(tmp_path / "started"), out=str(out), tmp=str(tmp_path)))
     _wait_for(tmp_path / "started", proc)
     proc.kill()
@@ -356,7 +365,7 @@ def test_killed_while_the_tarball_is_written_the_old_pair_stays_and_the_next_wri
 def test_ctrl_c_between_the_renames_waits_until_both_are_in_place(tmp_path, monkeypatch):
     from haqa.bundle import writer
 
-    out = _write(tmp_path / "b", tmp_path, lock={"schema": 1, "generation": "old"})
+    out = _write(tmp_path / "b", tmp_path, lock={"generation": "old"})
     real, renames = os.replace, []
 
     def replace(src, dst):
@@ -378,7 +387,7 @@ def test_ctrl_c_between_the_renames_waits_until_both_are_in_place(tmp_path, monk
 def test_killed_between_the_renames_the_next_write_repairs_the_pair(tmp_path, renames_done):
     """SIGKILL cannot be deferred: between two renames it leaves the folder gone or newer than the tarball,
     and a staging folder; the next write puts a matching pair in place and removes the rest."""
-    out = _write(tmp_path / "b", tmp_path, lock={"schema": 1, "generation": "old"})
+    out = _write(tmp_path / "b", tmp_path, lock={"generation": "old"})
     proc = _child(f"""
         import os, signal
         from pathlib import Path

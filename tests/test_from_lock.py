@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from haqa.bundle import write_bundle
+from haqa.bundle.lock import parse
 from haqa.config import fingerprint, load_recipe, load_target
 from haqa.errors import UserError
 from haqa.hashing import sha256_file
@@ -74,7 +75,7 @@ def bundle(project, tmp_path, monkeypatch) -> Path:
     placeholder = tmp_path / "placeholder-server"
     placeholder.write_text("#!/bin/sh\nexit 1\n")
     return write_bundle(tmp_path / "dist" / "tiny@box", model=model, model_name="tiny-Q8_0.gguf",
-                        server_binary=placeholder, lock=lock, server_args=CONFIG.server_args(), label="tiny@box",
+                        server_binary=placeholder, lock=parse(lock, tmp_path / "lock.json"), server_args=CONFIG.server_args(), label="tiny@box",
                         alias="tiny", config=CONFIG, recipe="tiny")
 
 
@@ -140,7 +141,7 @@ def test_a_locked_name_that_is_not_a_name_is_refused(bundle, tmp_path, name):
 def test_a_lone_lock_file_is_read_without_sums_and_a_folder_that_is_no_bundle_is_refused(bundle, tmp_path, haqa):
     lone = tmp_path / "copy.lock.json"
     lone.write_bytes((bundle / "haqa.lock.json").read_bytes())
-    assert read_lock(lone)["recipe"]["name"] == "tiny"
+    assert read_lock(lone).recipe.name == "tiny"
     (tmp_path / "haqa.lock.json").mkdir()
     code, out, err = haqa("deploy", "--from-lock", str(tmp_path / "haqa.lock.json"))
     assert code == 2 and "haqa.lock.json is a folder, and not a bundle folder (it has no SHA256SUMS)" in err, err

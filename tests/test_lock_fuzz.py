@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from haqa.bundle import write_bundle
+from haqa.bundle.lock import parse
 from haqa.config import fingerprint, load_recipe, load_target
 from haqa.hashing import sha256_file
 from haqa.paths import cache_home
@@ -84,7 +85,8 @@ def fuzz_project(tmp_path_factory):
         placeholder = root / "placeholder-server"
         placeholder.write_text("#!/bin/sh\nexit 1\n")
         bundle = write_bundle(root / "good" / "tiny@closed", model=model, model_name="tiny-Q8_0.gguf",
-                              server_binary=placeholder, lock=lock, server_args=CONFIG.server_args(),
+                              server_binary=placeholder, lock=parse(lock, root / "lock.json"),
+                              server_args=CONFIG.server_args(),
                               label="tiny@closed", alias="tiny", config=CONFIG, recipe="tiny")
     return root, json.loads((bundle / "haqa.lock.json").read_text()), bundle
 

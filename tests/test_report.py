@@ -9,17 +9,19 @@ import json
 import pytest
 
 from haqa.bundle import plot, report
+from haqa.bundle.lock import parse
 from haqa.config import load_target
 from haqa.errors import UserError
 from haqa.reproduce import deploy_from_lock, kind_mismatches
 from tests.conftest import REPO
 
-LOCK = json.loads((REPO / "tests" / "data" / "lock-smollm2-135m.json").read_text())
+DATA = json.loads((REPO / "tests" / "data" / "lock-smollm2-135m.json").read_text())
+LOCK = parse(DATA, REPO / "tests" / "data" / "lock-smollm2-135m.json")
 
 
 def test_report_states_every_figure_with_its_basis():
     text = report.render(LOCK)
-    comp = LOCK["comparison"]
+    comp = DATA["comparison"]
     assert text.startswith("# smollm2-135m@local: deployment report")
     assert f"{comp['rounds']} rounds x {comp['repetitions_per_round']} repetitions" in text
     ratio = comp["ratios"]["tuned/default"]["decode"]
@@ -29,11 +31,12 @@ def test_report_states_every_figure_with_its_basis():
 
 
 def test_report_of_a_synthetic_lock_says_quality_was_not_measured():
-    lock = copy.deepcopy(LOCK)
-    lock["synthetic"] = True
-    lock["metrics"]["quality"] = None
-    for t in lock["trials"]:
+    data = copy.deepcopy(DATA)
+    data["synthetic"] = True
+    data["metrics"]["quality"] = None
+    for t in data["trials"]:
         t["quality"] = None
+    lock = parse(data, REPO / "synthetic.json")
     assert "not measured (synthetic weights)" in report.render(lock)
     assert plot.pareto_png(lock).startswith(b"\x89PNG")
 
@@ -43,10 +46,10 @@ def test_plot_is_the_same_for_the_same_lock():
 
 
 def test_from_lock_refuses_a_device_of_another_kind(tmp_path):
-    lock = copy.deepcopy(LOCK)
+    lock = copy.deepcopy(DATA)
     local = load_target("local").model_dump(mode="json")
     lock["target"]["facts"] = copy.deepcopy(local)
-    assert kind_mismatches(lock, load_target("local")) == []
+    assert kind_mismatches(parse(lock, tmp_path / "lock.json"), load_target("local")) == []
     lock["target"]["facts"]["hardware"]["cores"] = local["hardware"]["cores"] + 6
     path = tmp_path / "haqa.lock.json"
     path.write_text(json.dumps(lock))
@@ -66,9 +69,9 @@ def test_from_lock_refuses_a_file_that_is_not_a_current_lock(tmp_path, text, say
 
 
 def test_report_says_when_the_llm_was_unavailable():
-    lock = copy.deepcopy(LOCK)
-    lock["trials"][-1]["proposer"] = "heuristic (llm unavailable)"
-    lock["trials"][-1]["rationale"] = ("[LLM unavailable: the openai backend failed: APITimeoutError: Request timed out.] "
+    data = copy.deepcopy(DATA)
+    data["trials"][-1]["proposer"] = "heuristic (llm unavailable)"
+    data["trials"][-1]["rationale"] = ("[LLM unavailable: the openai backend failed: APITimeoutError: Request timed out.] "
                                        "from the best so far ...")
-    text = report.render(lock)
+    text = report.render(parse(data, REPO / "llm.json"))
     assert "**The LLM agent was unavailable** (LLM unavailable: the openai backend failed: APITimeoutError" in text

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from haqa.bundle import write_bundle
+from haqa.bundle.lock import parse
 from haqa.hashing import sha256_file
 from haqa.probe import local_facts
 from haqa.runtime import RuntimeConfig
@@ -43,19 +44,20 @@ CONFIG = RuntimeConfig(threads=2, ctx_size=512, batch_size=512)
 # -- bundles -------------------------------------------------------------------------------------
 
 def make_bundle(out: Path, model: Path, server: Path, *, peak_bytes: int) -> Path:
-    """A bundle as `haqa deploy` writes it, with a lock made for this machine (the `local` target)."""
+    """A bundle as `haqa deploy` writes it: the lock of a real deploy (tests/data), made for this machine
+    (the `local` target) with the model, flags and predicted peak given here."""
     facts = local_facts()
     target = {"name": "local", "os": facts.pop("os"), "hardware": facts, "limits": {"memory_headroom_gib": 1.0}}
-    lock = {
-        "target": {"name": "local", "facts": target},
-        "recipe": {"name": RECIPE},
-        "llama_cpp": {"cmake_options": {"BUILD_SHARED_LIBS": "OFF"}},
-        "model": {"file_type": "Q4_1"},
-        "runtime": {**CONFIG.as_dict(), "server_args": CONFIG.server_args()},
-        "metrics": {"memory": {"deployment_predicted": {"host_bytes": peak_bytes, "gpu_bytes": 0,
-                                                        "basis": "predicted (haqa memory model)"}}},
-    }
-    return write_bundle(out, model=model, model_name=f"{RECIPE}-Q4_1.gguf", server_binary=server, lock=lock,
+    lock = json.loads((REPO / "tests" / "data" / "lock-smollm2-135m.json").read_text())
+    lock["target"] = {"name": "local", "facts": target}
+    lock["recipe"]["name"] = RECIPE
+    lock["llama_cpp"]["cmake_options"] = {"BUILD_SHARED_LIBS": "OFF"}
+    lock["model"]["file_type"] = "Q4_1"
+    lock["runtime"] = {**CONFIG.as_dict(), "server_args": CONFIG.server_args()}
+    lock["metrics"]["memory"]["deployment_predicted"] = {"host_bytes": peak_bytes, "gpu_bytes": 0,
+                                                         "basis": "predicted (haqa memory model)"}
+    return write_bundle(out, model=model, model_name=f"{RECIPE}-Q4_1.gguf", server_binary=server,
+                        lock=parse(lock, out / "haqa.lock.json"),
                         server_args=CONFIG.server_args(), label=LABEL, alias=RECIPE, config=CONFIG, recipe=RECIPE)
 
 
@@ -308,34 +310,6 @@ def test_bad_options_get_one_clear_message(small_bundle, device, haqa, args, mes
     _no_traceback(err)
 
 
-@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
-def test_the_systemd_unit_quotes_the_install_path_as_systemd_reads_it(tmp_path):
-    """systemd itself (systemd-analyze verify) parses the unit written for an install path with a space,
-    a '$' and a '%' in it; no user systemd runs here to start it."""
-    from haqa.ship import systemd_unit
-
-    folder = tmp_path / "we ird$dir%h"
-    folder.mkdir()
-    (folder / "run.sh").write_text("#!/bin/sh\n")
-    (folder / "run.sh").chmod(0o755)
-    unit = tmp_path / "haqa-test.service"
-    unit.write_text(systemd_unit(LABEL, [str(folder / "run.sh"), "--host", "127.0.0.1", "--port", "8080"]))
-    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert f'ExecStart="{tmp_path}/we ird$dir%%h/run.sh" "--host" "127.0.0.1" "--port" "8080"' in unit.read_text()
-
-
-def test_the_launchd_agent_runs_run_sh_with_host_and_port(tmp_path):
-    import plistlib
-
-    from haqa.ship import launchd_plist
-
-    command = [str(tmp_path / "a b" / "run.sh"), "--host", "127.0.0.1", "--port", "8080"]
-    agent = plistlib.loads(launchd_plist("dev.haqa.x", command, tmp_path / "server.log").encode())
-    assert agent["ProgramArguments"] == command and agent["Label"] == "dev.haqa.x"
-    assert agent["StandardErrorPath"] == str(tmp_path / "server.log") and agent["RunAtLoad"] is True
-
-
 def test_ollama_gets_the_gguf_as_a_blob_and_the_modelfile_parameters(small_bundle, haqa):
     """No Ollama server can run here, so a stand-in on 127.0.0.1 records the exact requests the
     ollama client sends: the GGUF's bytes to /api/blobs/sha256:<its digest>, then /api/create with
@@ -563,25 +537,8 @@ def test_a_lock_of_the_wrong_shape_gets_one_clear_message(small_bundle, device, 
     assert not device.parent.exists()
 
 
-def test_service_files_refuse_values_with_newlines_or_control_characters(tmp_path):
-    from haqa.bundle import services
-    from haqa.errors import UserError
-    from haqa.ship import launchd_plist, systemd_unit
-
-    command = [f"{tmp_path}/bundles/x\nExecStartPre=/bin/evil/run.sh", "--host", "127.0.0.1"]
-    refusals = [lambda: systemd_unit(LABEL, command), lambda: systemd_unit("a\rb", ["/x/run.sh"]),
-                lambda: launchd_plist("dev.haqa.x", command, tmp_path / "server.log"),
-                lambda: launchd_plist("dev.haqa.x\x1b[2J", ["/x/run.sh"], tmp_path / "server.log"),
-                lambda: services.systemd_unit(RECIPE, "smol@local\nExecStartPre=/bin/evil"),
-                lambda: services.launchd_plist(RECIPE, "smol@local\x00"),
-                lambda: services.modelfile("m.gguf\nSYSTEM evil", CONFIG, LABEL)]
-    for render in refusals:
-        with pytest.raises(UserError, match="has a newline or another control character"):
-            render()
-
-
 def _bundle_of(path: Path):
-    from haqa.ship import verify_bundle
+    from haqa.ship.verify import verify_bundle
 
     return verify_bundle(path)
 
@@ -591,7 +548,7 @@ def test_a_config_folder_or_home_the_device_prints_with_a_newline_is_refused(sma
     what a hostile device would print (`id` is a script on PATH printing two lines)."""
     from haqa.errors import UserError
     from haqa.runner import LocalRunner
-    from haqa.ship import LaunchdService, SystemdUserService
+    from haqa.ship.service import LaunchdService, SystemdUserService
 
     bundle, dest, runner = _bundle_of(small_bundle), tmp_path / "install", LocalRunner(tmp_path / "home")
     monkeypatch.setenv("XDG_CONFIG_HOME", f"{tmp_path}/conf\nig")

@@ -13,100 +13,91 @@ import json
 import tempfile
 from pathlib import Path
 
+from haqa.bundle.lock import LOCK_NAME, Lock, load
+from haqa.bundle.lock.records import Contender, Ratios
+
 RECIPES = ["smollm2-135m", "synth-llama-3.2-1b", "synth-llama-3.2-3b"]
 QUICK_RECIPES = ["synth-tiny"]
 SEED_SPEEDUP = 2.3  # the seed result to beat: decode speed-up over the unoptimized deployment
 
 
-def roofline(lock: dict, bandwidth_gbs: float) -> dict:
+def roofline(lock: Lock, bandwidth_gbs: float) -> dict:
     """Upper bound on decode tok/s for the lock's chosen deployment, from the memory model's weight
     bytes (every weight but the embedding table's unused rows) plus the KV cache read at the decode
     test's mean depth."""
-    pred = lock["metrics"]["memory"]["deployment_predicted"]
-    w = lock["recipe"]["workload"]
-    ctx = lock["runtime"]["ctx_size"]
-    depth = w["prompt_tokens"] + w["gen_tokens"] / 2
-    per_token = pred["weights_bytes"] + pred["kv_bytes"] * depth / ctx
+    pred = lock.metrics.memory.deployment_predicted
+    w = lock.recipe.workload
+    depth = w.prompt_tokens + w.gen_tokens / 2
+    per_token = pred.weights_bytes + pred.kv_bytes * depth / lock.runtime.ctx_size
     bound = bandwidth_gbs * 1e9 / per_token
-    decode = lock["comparison"]["contenders"]["tuned"]["decode"]["median"]
+    decode = lock.comparison.contenders["tuned"].decode.median
     return {"bytes_per_token": round(per_token), "bandwidth_gbs": bandwidth_gbs, "bound_tps": round(bound, 1),
             "decode_tps": decode, "fraction": round(decode / bound, 3),
             "basis": "bytes per token predicted by haqa's memory model from the lock; bandwidth measured"}
 
 
-def _row(lock: dict) -> dict:
-    comp = lock["comparison"]
-    return {"recipe": lock["recipe"]["name"], "target": lock["target"]["name"], "synthetic": lock.get("synthetic"),
-            "workload": lock["recipe"]["workload"], "contenders": comp["contenders"], "ratios": comp["ratios"],
-            "llama_cpp": lock["llama_cpp"]["commit"][:8], "proposer": lock["selection"]["proposer"],
-            "trials": lock["selection"]["trials"], "created": lock["created"],
-            "memory": lock["metrics"]["memory"], "runtime": lock["runtime"]}
-
-
-def measure(recipes: list[str], data_dir: Path, target: str = "local") -> list[dict]:
-    """Deploy each recipe (heuristic agent) and keep what table 1 needs from its lock."""
+def measure(recipes: list[str], data_dir: Path, target: str = "local") -> list[Lock]:
+    """Deploy each recipe (heuristic agent) and keep its lock, which table 1 is drawn from."""
     from haqa.pipeline import deploy
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
+    locks = []
     with tempfile.TemporaryDirectory(prefix="haqa-bench-") as tmp:
         for name in recipes:
             result = deploy(target, name, Path(tmp) / f"{name}@{target}", agent="heuristic")
-            lock = json.loads((result.bundle / "haqa.lock.json").read_text())
+            lock = load(result.bundle / LOCK_NAME)
             kept = data_dir / f"{name}@{target}.json"
-            earlier = json.loads(kept.read_text()) if kept.exists() else None
-            if earlier and lock["selection"]["new_trials"] == 0 and _same_result(earlier, lock):
+            earlier = load(kept) if kept.exists() else None
+            if earlier and lock.selection.new_trials == 0 and _same_result(earlier, lock):
                 lock = earlier  # the lock of the run that measured: its drift guard and trial counts
             else:
-                kept.write_text(json.dumps(lock, indent=1) + "\n")
-            rows.append(_row(lock))
-    return rows
+                kept.write_text(lock.dumps(indent=1))
+            locks.append(lock)
+    return locks
 
 
-def _same_result(a: dict, b: dict) -> bool:
+def _same_result(a: Lock, b: Lock) -> bool:
     """Same choice from the same measurements: a re-run that only read its caches."""
-    return all(a.get(k) == b.get(k) for k in ("model", "runtime", "comparison", "trials", "llama_cpp"))
+    return all(getattr(a, k) == getattr(b, k) for k in ("model", "runtime", "comparison", "trials", "llama_cpp"))
 
 
-def _fmt_side(label: str, side: dict) -> str:
-    if "decode" not in side:
-        return f"| {label} | {side['quant']} | {side.get('not_measured', 'not measured')} | | | | | |"
-    q = side.get("quality")
-    kld = f"{q['kld_mean']:.4f}" if q else "n/a (synthetic)"
-    from haqa.runtime import RuntimeConfig
-
-    return (f"| {label} | {side['quant']} | {side['decode']['median']:.1f} | {side['prefill']['median']:.1f} "
-            f"| {side['time_to_first_token_s']['value'] * 1000:.0f} | {(side.get('peak_rss_bytes') or 0) / 2**20:.0f} "
-            f"| {kld} | {RuntimeConfig(**side['config']).describe()} |")
+def _fmt_side(label: str, side: Contender) -> str:
+    if not side.measured:
+        return f"| {label} | {side.quant} | {side.why_not_measured} | | | | | |"
+    q = side.quality
+    kld = f"{q.kld_mean:.4f}" if q else "n/a (synthetic)"
+    return (f"| {label} | {side.quant} | {side.decode.median:.1f} | {side.prefill.median:.1f} "
+            f"| {side.time_to_first_token_s.value * 1000:.0f} | {(side.peak_rss_bytes or 0) / 2**20:.0f} "
+            f"| {kld} | {side.config.config().describe()} |")
 
 
-def _ratio(r) -> str:
-    if not isinstance(r, dict):
+def _ratio(r: Ratios | str | None) -> str:
+    if not isinstance(r, Ratios):
         return str(r)
-    d, p = r["decode"], r["prefill"]
-    mem = r["peak_rss"]["ratio"]
-    return (f"decode x{d['median']:.2f} ({d['min']:.2f}..{d['max']:.2f}), prefill/TTFT x{p['median']:.2f} "
-            f"({p['min']:.2f}..{p['max']:.2f}), peak memory x{mem if mem is not None else 'n/a'}")
+    d, p = r.decode, r.prefill
+    mem = r.peak_rss.ratio
+    return (f"decode x{d.median:.2f} ({d.min:.2f}..{d.max:.2f}), prefill/TTFT x{p.median:.2f} "
+            f"({p.min:.2f}..{p.max:.2f}), peak memory x{mem if mem is not None else 'n/a'}")
 
 
-def table(locks: list[dict]) -> str:
+def table(locks: list[Lock]) -> str:
     out = []
     for lock in locks:
-        row = _row(lock)
-        w = row["workload"]
-        out += [f"**{row['recipe']}** on {row['target']} ({'synthetic weights' if row['synthetic'] else 'real weights'}; "
-                f"prompt {w['prompt_tokens']}, generate {w['gen_tokens']}; {row['trials']} trials, "
-                f"{row['proposer']} agent; {row['created'][:10]})", "",
+        w, comp, sel = lock.recipe.workload, lock.comparison, lock.selection
+        out += [f"**{lock.recipe.name}** on {lock.target.name} "
+                f"({'synthetic weights' if lock.synthetic else 'real weights'}; "
+                f"prompt {w.prompt_tokens}, generate {w.gen_tokens}; {sel.trials} trials, "
+                f"{sel.proposer} agent; {lock.created[:10]})", "",
                 "| deployment | quant | decode tok/s | prefill tok/s | TTFT ms | peak RSS MiB | KLD | flags |",
                 "|---|---|---|---|---|---|---|---|"]
         for label in ("tuned", "default", "unquantized"):
-            out.append(_fmt_side(label, row["contenders"][label]))
-        out += ["", f"- tuned / (a) default: {_ratio(row['ratios'].get('tuned/default'))}",
-                f"- tuned / (b) unquantized: {_ratio(row['ratios'].get('tuned/unquantized'))}", ""]
+            out.append(_fmt_side(label, comp.contenders[label]))
+        out += ["", f"- tuned / (a) default: {_ratio(comp.ratios.get('tuned/default'))}",
+                f"- tuned / (b) unquantized: {_ratio(comp.ratios.get('tuned/unquantized'))}", ""]
     return "\n".join(out)
 
 
-def roofline_table(locks: list[dict], bandwidth: dict, gpu: bool = False) -> str:
+def roofline_table(locks: list[Lock], bandwidth: dict, gpu: bool = False) -> str:
     key = "gpu" if gpu else "cpu"
     bw = bandwidth[key]
     lines = [f"Bandwidth: {bw['median_gbs']} GB/s median ({bw['min_gbs']}..{bw['best_gbs']}) over {bw['repeats']} "
@@ -116,22 +107,22 @@ def roofline_table(locks: list[dict], bandwidth: dict, gpu: bool = False) -> str
              "|---|---|---|---|---|---|"]
     for lock in locks:
         r = roofline(lock, bw["median_gbs"])
-        lines.append(f"| {lock['recipe']['name']} | {lock['model']['file_type']} | {r['bytes_per_token'] / 2**20:.0f} MiB "
+        lines.append(f"| {lock.recipe.name} | {lock.model.file_type} | {r['bytes_per_token'] / 2**20:.0f} MiB "
                      f"| {r['bound_tps']:.0f} | {r['decode_tps']:.1f} | {r['fraction'] * 100:.0f} % |")
     return "\n".join(lines) + "\n"
 
 
 def gpu_section(gpu_dir: Path) -> str | None:
     """Table 5 from the kept GPU run, or None when there is none."""
-    lock_file = gpu_dir / "haqa.lock.json"
+    lock_file = gpu_dir / LOCK_NAME
     if not lock_file.is_file():
         return None
-    lock = json.loads(lock_file.read_text())
+    lock = load(lock_file)
     bandwidth = json.loads((gpu_dir / "bandwidth.json").read_text())
-    gpu = lock["target"]["facts"]["hardware"]["gpu"]
+    gpu = lock.target.facts.hardware.gpu
     return "\n".join([
-        f"Run on {gpu['name']} ({lock['target']['name']}), {lock['created'][:10]}, llama.cpp "
-        f"{lock['llama_cpp']['commit'][:8]} built with CUDA (`{json.dumps(lock['llama_cpp']['cmake_options'])}`), "
+        f"Run on {gpu.name} ({lock.target.name}), {lock.created[:10]}, llama.cpp "
+        f"{lock.llama_cpp.commit[:8]} built with CUDA (`{json.dumps(lock.llama_cpp.cmake_options)}`), "
         f"by `scripts/gpu-run.sh` (see docs/data/gpu/run.log for what ran and how long each step took). "
         "The lock, REPORT.md and pareto.png it wrote are kept in docs/data/gpu/.", "",
         table([lock]),

@@ -15,10 +15,10 @@ import tarfile
 import zlib
 from pathlib import Path
 
+from haqa.bundle.lock.read import LOCK_NAME as LOCK
+from haqa.bundle.verify import SUMS
 from haqa.errors import UserError
 
-SUMS = "SHA256SUMS"
-LOCK = "haqa.lock.json"
 TAR_COMMENT = "haqa bundle"  # the pax `comment` of every tarball haqa writes, then the folder's name
 IGNORED = {".DS_Store"}  # written by macOS Finder into any folder it shows: nobody's data
 _SUM_LINE = re.compile(r"^[0-9a-f]{64}  (.+)$")

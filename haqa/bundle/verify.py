@@ -18,6 +18,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from haqa.bundle.lock.read import REDEPLOY as _REDEPLOY
 from haqa.errors import UserError
 from haqa.hashing import sha256_file
 
@@ -25,7 +26,6 @@ SUMS = "SHA256SUMS"
 SIGNATURE = "SHA256SUMS.sig"
 NAMESPACE = "haqa-bundle"
 SIGN_HINT = f"sign it in the bundle folder: ssh-keygen -Y sign -f ~/.ssh/id_ed25519 -n {NAMESPACE} {SUMS}"
-_REDEPLOY = "run `haqa deploy` again to write a fresh bundle"
 _SUM_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import re
 import shutil
@@ -25,17 +24,17 @@ from pathlib import Path
 from haqa import ui
 from haqa.bundle import run_script, services
 from haqa.bundle.destination import LOCK, SUMS, TAR_COMMENT, check_destination
+from haqa.bundle.lock import Lock
 from haqa.errors import UserError
 from haqa.hashing import sha256_file
 from haqa.runtime import RuntimeConfig
 from haqa.secrets import redact_bytes, redact_obj
 
-LOCK_NAME = LOCK
 STAGE = "haqa-new-"  # staging folders are `.<bundle>.haqa-new-XXXXXXXX` beside the bundle
 FICLONE = 0x40049409  # linux/fs.h, _IOW(0x94, 9, int): share the source's blocks copy-on-write
 
 
-def write_bundle(out_dir: Path, *, model: Path, model_name: str, server_binary: Path, lock: dict,
+def write_bundle(out_dir: Path, *, model: Path, model_name: str, server_binary: Path, lock: Lock,
                  server_args: list[str], label: str, alias: str, config: RuntimeConfig | None = None,
                  recipe: str | None = None, documents: dict[str, bytes] | None = None,
                  model_sha256: str | None = None) -> Path:
@@ -44,7 +43,7 @@ def write_bundle(out_dir: Path, *, model: Path, model_name: str, server_binary: 
     `documents` are extra files by name (REPORT.md, pareto.png). `model_sha256` is the hash the model
     was measured with: a model whose bytes differ is refused, and nothing is written."""
     # No secret in the lock, the documents or the tarball, whatever text produced them (haqa/secrets.py).
-    lock = redact_obj(lock)
+    lock = Lock.model_validate(redact_obj(lock.to_dict()))
     documents = {name: redact_bytes(data) for name, data in (documents or {}).items()}
     out_dir = check_destination(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -71,7 +70,7 @@ def write_bundle(out_dir: Path, *, model: Path, model_name: str, server_binary: 
     return out_dir
 
 
-def _fill(folder: Path, *, model: Path, model_name: str, server_binary: Path, lock: dict, server_args: list[str],
+def _fill(folder: Path, *, model: Path, model_name: str, server_binary: Path, lock: Lock, server_args: list[str],
           label: str, alias: str, config: RuntimeConfig | None, recipe: str | None,
           documents: dict[str, bytes] | None, model_sha256: str | None) -> None:
     """Every file of the bundle, written into `folder`, with the lock and SHA256SUMS."""
@@ -83,11 +82,12 @@ def _fill(folder: Path, *, model: Path, model_name: str, server_binary: Path, lo
     script.chmod(0o755)
     names = [model_name, "bin/llama-server", "run.sh"]
     if config is not None:
-        name = recipe or alias
+        name, installed = recipe or alias, services.InstallFolder.default(label)
+        unit, agent = f"{services.service_name(name)}.service", f"{services.agent_label(name)}.plist"
         (folder / "Modelfile").write_text(services.modelfile(model_name, config, label))
-        (folder / f"{services.service_name(name)}.service").write_text(services.systemd_unit(name, label))
-        (folder / f"dev.haqa.{name}.plist").write_bytes(services.launchd_plist(name, label))
-        names += ["Modelfile", f"{services.service_name(name)}.service", f"dev.haqa.{name}.plist"]
+        (folder / unit).write_text(services.systemd_unit(name, label, installed))
+        (folder / agent).write_bytes(services.launchd_plist(name, label, installed))
+        names += ["Modelfile", unit, agent]
     for name, data in (documents or {}).items():
         (folder / name).write_bytes(data)
         names.append(name)
@@ -96,8 +96,7 @@ def _fill(folder: Path, *, model: Path, model_name: str, server_binary: Path, lo
         raise UserError(f"{model} is not the file that was measured (sha256 {files[model_name][:16]}..., measured "
                         f"{model_sha256[:16]}...): it changed after it was measured; no bundle was written",
                         hint="run the same command again: haqa checks its cached files and makes a changed one again")
-    lock = {**lock, "files": files}
-    (folder / LOCK).write_text(json.dumps(lock, indent=2, sort_keys=False) + "\n")
+    (folder / LOCK).write_text(lock.model_copy(update={"files": files}).dumps())
     sums = sorted(names + [LOCK])
     (folder / SUMS).write_text("".join(f"{sha256_file(folder / n)}  {n}\n" for n in sums))
     for p in folder.rglob("*"):

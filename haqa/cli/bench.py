@@ -236,8 +236,7 @@ def _tuned_text(quick: bool, recipes: list[str], data_dir: Path) -> str:
     from haqa.benchmarks import bandwidth, tuned
 
     names = recipes or (tuned.QUICK_RECIPES if quick else tuned.RECIPES)
-    tuned.measure(names, data_dir)
-    locks = [json.loads((data_dir / f"{n}@local.json").read_text()) for n in names]
+    locks = tuned.measure(names, data_dir)
     bw = {"cpu": bandwidth.cpu_copy(gib=0.25 if quick else 1.0, repeats=3 if quick else 10)}
     (data_dir / "bandwidth.json").write_text(json.dumps(bw, indent=1) + "\n")
     return "\n".join([

@@ -1,0 +1,256 @@
+"""The records a lock holds of measurements: a trial (its llama-bench speeds, its quality against the
+source model, the memory model's prediction) and the side-by-side comparison, with the scalar types
+and the runtime knobs every table of the lock uses (see haqa/bundle/lock/model.py for the rules)."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal, Optional, Union
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
+
+from haqa.config.quants import QUANT_NAMES
+from haqa.config.schema import KV_TYPES, Workload
+from haqa.runtime import RuntimeConfig
+
+
+def _quant(v: str) -> str:
+    if v not in QUANT_NAMES:
+        raise ValueError(f"not a GGUF quant type haqa knows, got {v!r}; valid: {', '.join(QUANT_NAMES)}")
+    return v
+
+
+def _finite(v: float) -> float:
+    if not math.isfinite(v):
+        raise ValueError(f"must be a finite number, got {v!r}")
+    return v
+
+
+Quant = Annotated[StrictStr, AfterValidator(_quant)]
+Num = Annotated[Union[StrictInt, StrictFloat], AfterValidator(_finite)]  # an int stays an int
+Bytes = Annotated[Num, Field(ge=0)]
+Count = Annotated[StrictInt, Field(ge=0)]
+Sha256 = Annotated[StrictStr, Field(pattern=r"^[0-9a-f]{64}$")]
+Text = Optional[StrictStr]
+
+
+class Table(BaseModel):
+    """A table of the lock: the keys haqa reads are typed, any others are kept."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class Knobs(BaseModel):
+    """The llama.cpp flags of one configuration: RuntimeConfig's fields, nothing else."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    threads: StrictInt = Field(gt=0)
+    ctx_size: StrictInt = Field(gt=0)
+    n_gpu_layers: StrictInt = Field(default=0, ge=0)
+    batch_size: StrictInt = Field(default=2048, gt=0)
+    ubatch_size: StrictInt = Field(default=512, gt=0)
+    cache_type_k: Literal[tuple(KV_TYPES)] = "f16"  # type: ignore[valid-type]
+    cache_type_v: Literal[tuple(KV_TYPES)] = "f16"  # type: ignore[valid-type]
+    flash_attn: Literal["on", "off", "auto"] = "auto"
+    threads_batch: Optional[StrictInt] = Field(default=None, gt=0)
+    repack: StrictBool = True
+    load_mode: Literal["auto", "mmap", "none", "mlock", "mmap+mlock"] = "auto"
+    poll: StrictInt = Field(default=50, ge=0, le=100)
+
+    def config(self) -> RuntimeConfig:
+        return RuntimeConfig(**self.model_dump(include=set(Knobs.model_fields)))
+
+
+# -- measurements ------------------------------------------------------------------------------------
+
+class Throughput(Table):
+    """One llama-bench test: tok/s over its repetitions."""
+
+    tokens: Count
+    depth: Count = 0
+    mean: Num
+    stddev: Num
+    median: Optional[Num] = None
+    samples: Optional[list[Num]] = None
+    repetitions: Count
+    rse: Optional[Num] = None
+    unit: Text = None
+    basis: Text = None
+
+
+class Bench(Table):
+    prefill: Throughput
+    decode: Throughput
+    build_commit: Text = None
+    threads: Optional[StrictInt] = None
+    model_size_bytes: Optional[Bytes] = None
+    argv: Optional[list[StrictStr]] = None
+    peak_rss_bytes: Optional[Bytes] = None
+    peak_rss_ctx: Optional[StrictInt] = None
+    peak_rss_basis: Text = None
+
+
+class Speed(Throughput):
+    mean: Annotated[Num, Field(gt=0)]  # the from-lock ratios divide by it
+
+
+class MeasuredBench(Bench):
+    prefill: Speed
+    decode: Speed
+
+
+class QualityRecord(Table):
+    """llama-perplexity --kl-divergence against the source model."""
+
+    kld_mean: Num
+    kld_err: Num
+    kld_p99: Optional[Num] = None
+    same_top_p: Num
+    same_top_p_err: Optional[Num] = None
+    ppl_ratio: Num
+    ppl_ratio_err: Optional[Num] = None
+    ppl: Optional[Num] = None
+    ppl_base: Optional[Num] = None
+    tokens_scored: Optional[StrictInt] = None
+    corpus_sha256: Text = None
+    reference: Text = None
+    basis: Text = None
+
+
+class Derived(Table):
+    value: Num
+    basis: StrictStr
+
+
+class Predicted(Table):
+    """The memory model's prediction for the deployment at its context."""
+
+    weights_bytes: Optional[Bytes] = None
+    kv_bytes: Optional[Bytes] = None
+    compute_bytes: Optional[Bytes] = None
+    overhead_bytes: Optional[Bytes] = None
+    host_bytes: Bytes
+    gpu_bytes: Bytes = 0
+    total_bytes: Optional[Bytes] = None
+    basis: Text = None
+
+
+class Memory(Table):
+    deployment_predicted: Predicted
+    bench_predicted_bytes: Optional[Bytes] = None
+    bench_measured_bytes: Optional[Bytes] = None
+    basis: Text = None
+    bench_prediction_error: Optional[Num] = None
+
+
+class TrialRecord(Table):
+    """One trial of the search: what was measured (or why it failed), and who proposed it why."""
+
+    name: StrictStr
+    quant: Quant
+    config: Knobs
+    status: Literal["ok", "failed"]
+    bench: Optional[Bench] = None
+    memory: Optional[dict] = None  # a record only: the chosen one's is typed in Metrics
+    quality: Optional[QualityRecord] = None
+    within_budget: Optional[StrictBool] = None
+    budget_note: Text = None
+    time_to_first_token_s: Optional[Derived] = None
+    model_sha256: Optional[Sha256] = None
+    error: Text = None
+    proposer: Text = None
+    rationale: Text = None
+
+    @model_validator(mode="after")
+    def _measured(self):
+        if self.status == "ok" and self.bench is None:
+            raise ValueError("a trial with status 'ok' needs its 'bench' measurements")
+        return self
+
+
+class Metrics(TrialRecord):
+    """The chosen configuration's trial, with its memory prediction."""
+
+    bench: MeasuredBench
+    memory: Memory
+    time_to_first_token_s: Derived
+    speed_basis: Text = None
+
+
+# -- the side-by-side comparison ---------------------------------------------------------------------
+
+class Spread(Table):
+    median: Num
+    min: Num
+    max: Num
+    per_round: Optional[list[Num]] = None
+    repetitions_per_round: Optional[StrictInt] = None
+    rounds: Optional[StrictInt] = None
+    unit: Text = None
+    note: Text = None
+    basis: Text = None
+
+
+class Contender(Table):
+    """One deployment measured side by side: a finalist, the default one or the unquantized model."""
+
+    quant: StrictStr
+    config: Knobs
+    description: StrictStr
+    not_measured: Text = None
+    prefill: Optional[Spread] = None
+    decode: Optional[Spread] = None
+    time_to_first_token_s: Optional[Derived] = None
+    peak_rss_bytes: Optional[Bytes] = None
+    peak_rss_basis: Text = None
+    quality_error: Text = None
+    quality: Optional[QualityRecord] = None
+
+    @property
+    def measured(self) -> bool:
+        return self.decode is not None
+
+    @property
+    def why_not_measured(self) -> str:
+        return self.not_measured if self.not_measured is not None else "not measured"
+
+    @model_validator(mode="after")
+    def _complete(self):
+        if self.decode is not None and (self.prefill is None or self.time_to_first_token_s is None):
+            raise ValueError("a measured contender needs 'prefill' and 'time_to_first_token_s' with 'decode'")
+        return self
+
+
+class PeakRatio(Table):
+    ratio: Optional[Num] = None
+    note: Text = None
+
+
+class Ratios(Table):
+    decode: Spread
+    prefill: Spread
+    time_to_first_token: Optional[Spread] = None
+    peak_rss: PeakRatio
+
+
+class Comparison(Table):
+    method: StrictStr
+    rounds: Count
+    repetitions_per_round: Count
+    workload: Workload
+    finalists: Optional[Count] = None
+    contenders: dict[StrictStr, Contender]
+    ratios: dict[StrictStr, Union[Ratios, StrictStr]]  # a string where one side was not measured
+    created: Text = None
+
+
