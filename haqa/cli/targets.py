@@ -1,7 +1,6 @@
 """`haqa targets list|show|validate`."""
 
 import datetime as dt
-import os
 import re
 import tempfile
 from pathlib import Path
@@ -10,6 +9,7 @@ import click
 
 from haqa.cli._catalog import make_group
 from haqa.config import load_target
+from haqa.fsutil import atomic_write_text
 from haqa.config.schema import check_name
 from haqa.errors import UserError
 
@@ -86,10 +86,7 @@ def probe(url, name, key, known_hosts, trust_on_first_use, jump, workdir, out_di
         limits={"memory_headroom_gib": 1.0},
     )
     _check_probed(text, name, host)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    part = out_dir / f".{name}.toml.part"
-    part.write_text(text)
-    os.replace(part, out_file)  # the old file (with --force) is replaced only by one that validated
+    atomic_write_text(out_file, text, hidden=True)  # with --force, the old file goes only for one that validated
     click.echo(f"wrote {out_file}")
     click.echo(f"next: haqa doctor --target {name}  and  make deploy TARGET={name}")
 

