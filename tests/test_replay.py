@@ -22,6 +22,7 @@ from haqa.agent.space import Rejected, SearchSpace, build_space
 from haqa.agent.tpe import INFEASIBLE, TPEProposer
 from haqa.benchmarks import replay as rp
 from haqa.benchmarks.landscape import plan_points, reduced_dims
+from haqa.benchmarks.landscape_file import values_key
 from haqa.config import load_recipe, load_target
 
 DATA = Path(__file__).parent / "data" / "landscape-small.json"
@@ -37,7 +38,7 @@ def test_the_landscape_reads_as_the_pipeline_would_see_it(land):
     best, point = land.best()
     assert best == pytest.approx(156.0)
     assert {k: point["values"][k] for k in BEST} == BEST
-    obs = {rp._values_key(p["values"]): o for p, o in land.observations()}
+    obs = {values_key(p["values"]): o for p, o in land.observations()}
     over = [o for o in obs.values() if o.ok and not o.within_budget]
     assert over and all(o.candidate.quant == "Q4_0" and o.candidate.config.cache_type_k == "q8_0" for o in over)
     assert all(o.score is None and o.kld > 0.1 for o in over)  # over budget: no score, as in the pipeline

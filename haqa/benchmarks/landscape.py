@@ -30,12 +30,11 @@ import time
 from pathlib import Path
 
 from haqa import __version__, ui
-from haqa.agent.space import KNOBS, Candidate, Rejected, SearchSpace, build_space
+from haqa.agent.space import Candidate, Rejected, SearchSpace, build_space
+from haqa.benchmarks.landscape_file import KIND, SCHEMA, Landscape, read_for_resume, write
 from haqa.config import find_file, fingerprint, load_recipe, load_target
 from haqa.errors import ToolFailed, UserError
 
-SCHEMA = 1
-KIND = "haqa-landscape"
 LANDSCAPE_KV = ["f16", "q8_0"]  # the grid adds q8_0 to the recipe's KV types: it is a real knob
 REPEAT_TOP = 3  # best feasible points measured a second time at the end
 QUIET = 0.05  # wait until other processes use less than this share of the machine's CPU ...
@@ -165,18 +164,6 @@ def parse_overrides(items: tuple[str, ...], full: dict[str, list]) -> dict[str, 
     return out
 
 
-def values_key(values: dict) -> str:
-    """A point's identity in a landscape file: its knob values, canonical JSON."""
-    return json.dumps({k: values[k] for k in KNOBS}, sort_keys=True)
-
-
-def _atomic_write(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + ".part")
-    part.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(part, path)
-
-
 def _budget_for(minutes: float | None) -> str:
     return "" if minutes is None else f" (stops after {minutes:g} min; run again to resume)"
 
@@ -211,7 +198,6 @@ def measure(target_name: str, recipe_name: str, out: Path, *, quick: bool = Fals
 
 def _measure_on(runner, target, recipe, model, source_facts, corpus, out: Path, *, quick, overrides, names, seed, fresh,
                 max_minutes, limit, jobs, repeat_top, plan_only=False, quiet_guard=True) -> dict:
-    from haqa.benchmarks.replay import Landscape
     from haqa.measure.bench import quick_decode, run_bench
     from haqa.measure.drift import DriftGuard
     from haqa.measure.quality import QualitySettings, measure_quality, reference_logits
@@ -271,16 +257,8 @@ def _measure_on(runner, target, recipe, model, source_facts, corpus, out: Path, 
                   "quality": None if synthetic else dataclasses.asdict(settings) | {"corpus_sha256": corpus.sha256}}
     grid_key = hashlib.sha256(json.dumps(definition, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
-    data: dict | None = None
-    if out.exists() and not fresh:
-        try:
-            old = json.loads(out.read_text())
-        except ValueError:
-            raise UserError(f"{out} is not a landscape file (not JSON)", hint="pass --fresh to overwrite it") from None
-        if old.get("grid_key") != grid_key:
-            raise UserError(f"{out} holds another landscape (another grid, recipe, target, model or llama.cpp build)",
-                            hint="pass --fresh to measure it again from the start, or choose another --out")
-        data = old
+    data = None if fresh else read_for_resume(out, grid_key)
+    if data is not None:
         ui.note(f"resuming {out}: {sum(p['status'] in ('ok', 'failed') for p in data['points'])} of "
                 f"{len(data['points'])} points already measured")
     if data is None:
@@ -333,7 +311,7 @@ def _measure_on(runner, target, recipe, model, source_facts, corpus, out: Path, 
     def save() -> None:
         session["wall_s"] = round(time.monotonic() - started, 1)
         data["wall_s"] = round(wall_before + session["wall_s"], 1)
-        _atomic_write(out, data)
+        write(out, data)
 
     def over_time() -> bool:
         return max_minutes is not None and time.monotonic() - started > max_minutes * 60

@@ -24,13 +24,9 @@ from pathlib import Path
 
 from haqa.agent import objective as obj
 from haqa.agent.proposers import GridProposer, HeuristicProposer, Observation, Proposer, RandomProposer
-from haqa.agent.select import Trial, within_budget
-from haqa.agent.space import Candidate, SearchSpace
-from haqa.config.schema import Objective
-from haqa.config.schema import Quality as QualityBudget
+from haqa.agent.space import SearchSpace
+from haqa.benchmarks.landscape_file import Landscape, values_name
 from haqa.errors import UserError
-from haqa.measure.bench import BenchResult
-from haqa.measure.quality import Quality
 
 PROPOSERS = ["heuristic", "llm", "random", "grid", "tpe"]
 DETERMINISTIC = {"heuristic", "grid"}  # seeds do not change them: replayed once
@@ -38,126 +34,11 @@ BUDGETS = (5, 10, 20)
 REACH = 0.95
 
 
-def observation(cand: Candidate, trial: Trial, *, budget: QualityBudget, objective: Objective, prompt_tokens: int,
-                synthetic: bool) -> Observation:
-    """What a proposer sees of a finished trial: the pipeline's rule (haqa/pipeline.py, `observation`
-    inside `_deploy_on`), as a function the pipeline can call too."""
-    if not trial.ok:
-        return Observation(cand, False, cause=trial.cause)
-    ok, _ = within_budget(trial, budget, synthetic=synthetic)
-    return Observation(cand, True, decode=trial.bench.decode.mean, prefill=trial.bench.prefill.mean,
-                       kld=trial.quality.kld_mean if trial.quality else None, within_budget=ok,
-                       score=obj.score(trial.bench, objective, prompt_tokens) if ok else None,
-                       noise=obj.noise(trial.bench, objective))
-
-
 def ratio(score: float | None, best: float) -> float:
     """How close a score is to the best (1.0 = the best); works for negative objectives (ttft) too."""
     if score is None:
         return 0.0
     return score / best if best > 0 else best / score
-
-
-class Landscape:
-    """A landscape file, with its points as the pipeline's Trials and Observations."""
-
-    def __init__(self, data: dict, path: Path | None = None):
-        if data.get("kind") != "haqa-landscape":
-            raise UserError(f"{path or 'data'} is not a haqa landscape file")
-        self.data, self.path = data, path
-        r = data["recipe"]
-        self.budget = QualityBudget(**r["quality_budget"])
-        self.objective = Objective(**r["objective"])
-        self.prompt_tokens = int(r["workload"]["prompt_tokens"])
-        self.synthetic = bool(data["synthetic"])
-        self.label = data["label"]
-        self.dims = data["space"]["dims"]
-        self.ctx_size = int(data["space"]["ctx_size"])
-        self.weight_bytes = {q: float(b) for q, b in data["weight_bytes"].items()}
-        self._by_values = {_values_key(p["values"]): p for p in data["points"]}
-        self._index = {_values_key(p["values"]): i for i, p in enumerate(data["points"])}
-        import hashlib
-
-        self.sha256 = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-
-    def index(self, cand: Candidate) -> int:
-        """The point's position in the file's `points` list."""
-        return self._index[_values_key(cand.values())]
-
-    @classmethod
-    def load(cls, path: Path) -> "Landscape":
-        try:
-            return cls(json.loads(Path(path).read_text()), Path(path))
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot read the landscape {path}: {e}") from None
-
-    @property
-    def complete(self) -> bool:
-        return bool(self.data.get("complete"))
-
-    def has_feasible(self) -> bool:
-        return any(o.score is not None for _, o in self.observations())
-
-    def space(self) -> SearchSpace:
-        """The reduced space; points the memory model pruned (or not measured yet) are refused."""
-        def fits(cand: Candidate) -> tuple[bool, str]:
-            p = self._by_values.get(_values_key(cand.values()))
-            if p is None:
-                return False, "not a point of this landscape"
-            if p["status"] == "pruned":
-                return False, p.get("error") or "pruned by the memory model"
-            if p["status"] == "pending":
-                return False, "not measured in this landscape"
-            return True, "fits"
-
-        return SearchSpace(dims={k: list(v) for k, v in self.dims.items()}, ctx_size=self.ctx_size, fits=fits)
-
-    def point(self, cand: Candidate) -> dict:
-        p = self._by_values.get(_values_key(cand.values()))
-        if p is None or p["status"] not in ("ok", "failed"):
-            raise KeyError(f"the landscape {self.label} has no measurement of {cand.name}")
-        return p
-
-    def trial(self, p: dict, cand: Candidate) -> Trial:
-        """The stored measurement as the pipeline's Trial (as a resumed deploy reads it from the store)."""
-        if p["status"] != "ok":
-            return Trial(cand.quant, cand.config, None, error=p.get("error"), cause=p.get("cause") or "error")
-        q = None
-        if not self.synthetic:
-            qd = self.data["quality"].get(f"{cand.quant}|{cand.config.cache_type_k}")
-            q = Quality.from_dict(qd) if qd and qd.get("status") != "failed" else None
-        return Trial(cand.quant, cand.config, BenchResult.from_dict(p["bench"]), q)
-
-    def observe(self, cand: Candidate) -> Observation:
-        return observation(cand, self.trial(self.point(cand), cand), budget=self.budget, objective=self.objective,
-                           prompt_tokens=self.prompt_tokens, synthetic=self.synthetic)
-
-    def observations(self) -> list[tuple[dict, Observation]]:
-        space = self.space()
-        out = []
-        for p in self.data["points"]:
-            if p["status"] in ("ok", "failed"):
-                out.append((p, self.observe(space.make(p["values"]))))
-        return out
-
-    def best(self) -> tuple[float, dict]:
-        feasible = [(o.score, p) for p, o in self.observations() if o.score is not None]
-        if not feasible:
-            raise UserError(f"the landscape {self.label} has no feasible point")
-        return max(feasible, key=lambda sp: sp[0])
-
-
-def values_name(values: dict) -> str:
-    """A point's name as Candidate.name writes it."""
-    from haqa.agent.space import KNOBS
-
-    return " ".join(f"{k}={values[k]}" for k in KNOBS)
-
-
-def _values_key(values: dict) -> str:
-    from haqa.benchmarks.landscape import values_key
-
-    return values_key(values)
 
 
 @dataclass
@@ -340,7 +221,7 @@ def quantile(sorted_xs: list[float], q: float) -> float:
 
 def code_version() -> str:
     """What a replayed search depends on besides the landscape: the proposers, the space, the objective
-    and selection rules, this module, the pipeline's stopping rule, and the Optuna and llama-cpp-python
+    and selection rules, the landscape's reading (landscape_file), this module, the pipeline's stopping rule, and the Optuna and llama-cpp-python
     versions."""
     import hashlib
     import inspect
@@ -348,9 +229,10 @@ def code_version() -> str:
 
     from haqa import pipeline
     from haqa.agent import llm, proposers, select, space, tpe
+    from haqa.benchmarks import landscape_file
 
     h = hashlib.sha256()
-    for mod in (proposers, llm, tpe, space, obj, select):
+    for mod in (proposers, llm, tpe, space, obj, select, landscape_file):
         h.update(inspect.getsource(mod).encode())
     h.update(Path(__file__).read_bytes())
     h.update(inspect.getsource(pipeline.staleness).encode())

@@ -11,8 +11,8 @@ import statistics
 from pathlib import Path
 
 from haqa.agent import objective as obj
-from haqa.benchmarks.replay import (DETERMINISTIC, REACH, Landscape, Summary, _values_key, median,
-                                    ratio)
+from haqa.benchmarks.landscape_file import Landscape
+from haqa.benchmarks.replay import DETERMINISTIC, REACH, Summary, median, ratio
 
 def _fmt_trials(x: float) -> str:
     return "not reached" if math.isinf(x) else f"{x:g}"
@@ -33,7 +33,7 @@ def landscape_facts(land: Landscape) -> dict:
     checks = [h for h in land.data["anchor"]["history"] if h.get("event") == "check"]
     repeats = []
     for r in land.data.get("repeats", []):
-        first = land._by_values.get(_values_key(r["values"]))
+        first = land.point_at(r["values"])
         if r.get("bench") and first and first.get("bench"):
             repeats.append(r["bench"]["decode"]["mean"] / first["bench"]["decode"]["mean"])
     moved = [abs(p["bench"]["decode"]["mean"] / sup["decode_mean"] - 1) for p in land.data["points"]

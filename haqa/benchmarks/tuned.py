@@ -136,7 +136,7 @@ def gpu_landscape_note(landscape_file: Path, bandwidth_file: Path) -> str | None
     point against the roofline of the measured GPU bandwidth; None when the files are not there."""
     if not landscape_file.is_file() or not bandwidth_file.is_file():
         return None
-    from haqa.benchmarks.replay import Landscape
+    from haqa.benchmarks.landscape_file import Landscape
 
     land = Landscape.load(landscape_file)
     bw = json.loads(bandwidth_file.read_text())["gpu"]
