@@ -233,7 +233,7 @@ def test_a_two_point_landscape_is_measured_for_real(tmp_path, monkeypatch):
 
 
 def test_an_incomplete_landscape_is_replayed_only_when_named(tmp_path):
-    from haqa.cli.bench import _search_text
+    from haqa.benchmarks.document import search_text
 
     data = json.loads(DATA.read_text())
     data["complete"] = False
@@ -244,9 +244,9 @@ def test_an_incomplete_landscape_is_replayed_only_when_named(tmp_path):
     part = tmp_path / "partial.json"
     part.write_text(json.dumps(data))
     (tmp_path / "whole.json").write_text(DATA.read_text())
-    scanned = _search_text([part, tmp_path / "whole.json"], quick=True)
+    scanned = search_text([part, tmp_path / "whole.json"], quick=True)
     assert "Not replayed: smol-test@local (incomplete)" in scanned and "**Incomplete**" not in scanned
-    named = _search_text([part], quick=True, incomplete=True)
+    named = search_text([part], quick=True, incomplete=True)
     assert "**Incomplete**" in named
     land = rp.Landscape(data)
     for name in ("grid", "random", "tpe", "heuristic"):  # unmeasured points are refused, never replayed
