@@ -1,5 +1,5 @@
 """Replaying proposers against measured landscapes (haqa/benchmarks/replay.py), the TPE baseline
-(haqa/agent/tpe.py) and the landscape grid (haqa/benchmarks/landscape.py).
+(haqa/agent/tpe.py) and the landscape grid (haqa/benchmarks/landscape_grid.py).
 
 tests/data/landscape-small.json has the structure of a real landscape file (its metadata comes from a
 real `haqa bench landscape --quick` run on this machine) with constructed measurements, so that its
@@ -21,7 +21,7 @@ from haqa.agent.proposers import Observation
 from haqa.agent.space import Rejected, SearchSpace, build_space
 from haqa.agent.tpe import INFEASIBLE, TPEProposer
 from haqa.benchmarks import replay as rp
-from haqa.benchmarks.landscape import plan_points, reduced_dims
+from haqa.benchmarks.landscape_grid import plan_points, reduced_dims
 from haqa.benchmarks.landscape_file import values_key
 from haqa.config import load_recipe, load_target
 
