@@ -12,10 +12,10 @@ from __future__ import annotations
 import io
 import sqlite3
 import tarfile
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from haqa.errors import ToolFailed, UserError
 from tests.conftest import write_tiny_gguf

@@ -10,6 +10,7 @@ real llama-server started by a real bundle's run.sh (slow).
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
@@ -21,7 +22,6 @@ import sys
 import tarfile
 import threading
 import time
-import http.server
 from pathlib import Path
 
 import pytest
@@ -72,7 +72,7 @@ class Hostile:
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def __enter__(self) -> "Hostile":
+    def __enter__(self) -> Hostile:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 
@@ -350,7 +350,7 @@ SERVER_SECRETS = {"OPENAI_API_KEY": API_KEY, "HF_TOKEN": HF_TOKEN, "HAQA_SSH_KEY
 
 
 @pytest.mark.slow
-def test_run_sh_starts_llama_server_without_the_secrets_of_its_environment(real_bundle):
+def test_run_sh_starts_llama_server_without_the_secrets_of_its_environment(real_bundle):  # noqa: F811 - the fixture
     """However run.sh is started (systemd, launchd, `haqa ship`, by hand) it execs llama-server without
     the secret variables it was given; llama.cpp's own LLAMA_API_KEY is kept, and protects the server."""
     port = free_port()

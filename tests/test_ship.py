@@ -208,7 +208,7 @@ class StandIn:
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def __enter__(self) -> "StandIn":
+    def __enter__(self) -> StandIn:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 

@@ -258,7 +258,7 @@ def test_what_counts_as_a_dropped_connection():
     for e in (EOFError(), paramiko.SSHException("gone"), ConnectionResetError(), TimeoutError()):
         assert is_drop(e, connected=True), e
     # the device answered: the operation's own error, even if it looks like one of the connection
-    for e in (FileNotFoundError(), PermissionError(), OSError(errno.ENOSPC, "No space left on device"), IOError(2, "x")):
+    for e in (FileNotFoundError(), PermissionError(), OSError(errno.ENOSPC, "No space left on device"), OSError(2, "x")):
         assert not is_drop(e, connected=True), e
     assert is_drop(OSError(errno.ENOSPC, "x"), connected=False)  # no connection left to have answered
     for e in (UserError("bad key"), ConnectionLost("gone for good"), ValueError("a bug")):

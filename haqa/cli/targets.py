@@ -9,9 +9,9 @@ import click
 
 from haqa.cli._catalog import make_group
 from haqa.config import load_target
-from haqa.fsutil import atomic_write_text
 from haqa.config.schema import check_name
 from haqa.errors import UserError
+from haqa.fsutil import atomic_write_text
 
 
 def _row(t):

@@ -56,13 +56,13 @@ class Throughput:
                 "basis": "measured"}
 
     @classmethod
-    def from_samples(cls, tokens: int, depth: int, samples: list[float]) -> "Throughput":
+    def from_samples(cls, tokens: int, depth: int, samples: list[float]) -> Throughput:
         return cls(tokens=tokens, depth=depth, mean=statistics.fmean(samples),
                    stddev=statistics.stdev(samples) if len(samples) > 1 else 0.0,
                    median=statistics.median(samples), samples=list(samples))
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Throughput":
+    def from_dict(cls, d: dict) -> Throughput:
         return cls(tokens=d["tokens"], depth=d.get("depth", 0), mean=d["mean"], stddev=d["stddev"],
                    median=d["median"], samples=d["samples"])
 
@@ -87,7 +87,7 @@ class BenchResult:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "BenchResult":
+    def from_dict(cls, d: dict) -> BenchResult:
         return cls(prefill=Throughput.from_dict(d["prefill"]), decode=Throughput.from_dict(d["decode"]),
                    build_commit=d["build_commit"], threads=d["threads"], model_size_bytes=d["model_size_bytes"],
                    argv=d["argv"], peak_rss_bytes=d.get("peak_rss_bytes"), peak_rss_ctx=d.get("peak_rss_ctx"))

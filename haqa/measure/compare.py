@@ -74,7 +74,7 @@ class Side:
 
 
 def _ratio(num: list[float], den: list[float]) -> dict:
-    per = [a / b for a, b in zip(num, den) if b > 0]
+    per = [a / b for a, b in zip(num, den, strict=False) if b > 0]
     return {"median": round(statistics.median(per), 3), "min": round(min(per), 3), "max": round(max(per), 3),
             "rounds": len(per)}
 

@@ -17,8 +17,8 @@ from haqa import paths, ui
 from haqa.config.schema import Recipe, Source
 from haqa.errors import UserError
 from haqa.fsutil import atomic_write_text
-from haqa.model.gguf_facts import check_gguf
 from haqa.hashing import cached_sha256, remember_sha256
+from haqa.model.gguf_facts import check_gguf
 
 
 @dataclass(frozen=True)

@@ -211,8 +211,8 @@ def synthesize(like: str, quant: str, out: Path, *, layers: int | None = None, s
     """A synthetic model of type `quant` at `out`: Q8_0 directly, other types through the local llama-quantize."""
     import shutil
 
-    from haqa.config.quants import NEEDS_IMATRIX, QUANT_NAMES
     from haqa.config import load_target
+    from haqa.config.quants import NEEDS_IMATRIX, QUANT_NAMES
     from haqa.hashing import cached_sha256
     from haqa.measure.quantize import quantize
     from haqa.runner import LocalRunner

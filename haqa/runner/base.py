@@ -167,7 +167,7 @@ class Runner(abc.ABC):
     def describe(self) -> dict:
         return {"runner": self.name, "home": str(self.home)}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a default: a runner that holds nothing has nothing to close
         pass
 
     def dir(self, *parts: str) -> PurePath:

@@ -20,8 +20,8 @@ from pathlib import Path, PurePath, PurePosixPath
 from typing import NoReturn
 
 from haqa import ui
-from haqa.fsutil import atomic_write_text
 from haqa.errors import ConnectionLost, UserError
+from haqa.fsutil import atomic_write_text
 from haqa.runner.base import CommandResult
 from haqa.runner.ssh.connection import CHUNK, Connection
 from haqa.runner.ssh.reconnect import TRANSIENT, Dropped, interrupt_in

@@ -73,7 +73,7 @@ class Transfer:
             return self.conn.sftp().stat(str(remote))
         except FileNotFoundError:
             return None
-        except IOError as e:
+        except OSError as e:
             if getattr(e, "errno", None) == 2:
                 return None
             raise
@@ -96,7 +96,7 @@ class Transfer:
             for p in reversed(missing):
                 try:
                     sftp.mkdir(str(p), mode=PRIVATE_DIR)
-                except IOError:
+                except OSError:
                     if self.stat(p) is None:
                         raise
 
