@@ -184,11 +184,13 @@ def test_an_invalid_hub_repo_name_is_refused_before_anything_is_sent(small_bundl
 
 
 NOT_OLLAMA = {
-    "an HTML page": (lambda *a: (200, "text/html", b"<html>a router's login page</html>"), "does not answer as Ollama does"),
+    "an HTML page": (lambda *a: (200, "text/html", b"<html>a router's login page</html>"),
+                     "does not answer as Ollama does"),
     "a 500": (lambda *a: json_reply(500, {"detail": "boom"}), "does not answer as Ollama does"),
     "a reset": (lambda *a: "reset", "no Ollama server answers"),
     # answers /api/tags as Ollama does, then nothing else (like llama-server's Ollama-compatible routes)
-    "tags only": (lambda m, p, h, b: json_reply(200, {"models": []}) if p == "/api/tags" else (404, "text/html", b"<p>no"),
+    "tags only": (lambda m, p, h, b: (json_reply(200, {"models": []}) if p == "/api/tags"
+                                      else (404, "text/html", b"<p>no")),
                   "refused to create"),
 }
 
@@ -280,7 +282,8 @@ def test_an_endpoint_that_echoes_the_api_key_leaks_it_nowhere(project):
     # the failure is reported (redacted), and the heuristic took over
     assert "the openai backend failed: AuthenticationError" in proc.stderr and "Bearer ***" in proc.stderr
     lock = json.loads((project / "bundle" / "haqa.lock.json").read_text())
-    assert any(t["proposer"] == "heuristic (llm unavailable)" and "Bearer ***" in t["rationale"] for t in lock["trials"])
+    assert any(t["proposer"] == "heuristic (llm unavailable)" and "Bearer ***" in t["rationale"]
+               for t in lock["trials"])
     leaks = [API_KEY, API_KEY[:12], API_KEY[-12:], UPSTREAM, UPSTREAM.split()[1]]
     assert not [s for s in leaks if s in proc.stdout + proc.stderr]
     written = dict(_written_files(project))

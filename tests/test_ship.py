@@ -342,7 +342,8 @@ def test_to_hf_creates_the_repo_and_commits_every_file(small_bundle, tmp_path):
         assert committed[name]["key"] == "lfsFile" and committed[name]["value"]["oid"] == listed[name]
         assert uploads[listed[name]] == (small_bundle / name).read_bytes()
     lock = committed["haqa.lock.json"]
-    assert lock["key"] == "file" and base64.b64decode(lock["value"]["content"]) == (small_bundle / "haqa.lock.json").read_bytes()
+    assert (lock["key"] == "file"
+            and base64.b64decode(lock["value"]["content"]) == (small_bundle / "haqa.lock.json").read_bytes())
 
 
 def test_to_hf_without_a_token_says_how_to_log_in(small_bundle, tmp_path):

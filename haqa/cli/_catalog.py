@@ -52,7 +52,8 @@ def make_group(kind: str, loader, row, headers: list[str], check=None) -> click.
         obj = loader(name)
         click.echo(json.dumps({"file": str(find_file(kind, name)), **obj.model_dump(mode="json")}, indent=2))
 
-    @group.command("validate", help=f"Check {kind} (names or .toml paths; all known ones if none given). Exit 2 on the first error.")
+    @group.command("validate", help=f"Check {kind} (names or .toml paths; all known ones if none given). "
+                                    "Exit 2 on the first error.")
     @click.argument("names", nargs=-1)
     def validate(names: tuple[str, ...]) -> None:
         for name in names or tuple(list_names(kind)):

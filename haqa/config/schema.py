@@ -243,7 +243,8 @@ class Search(_Strict):
     def _quants(cls, v: list[str]) -> list[str]:
         for q in v:
             if q not in QUANT_NAMES:
-                raise ValueError(f"unknown quant type {q!r}{did_you_mean(q, QUANT_NAMES)}; valid: {', '.join(QUANT_NAMES)}")
+                raise ValueError(f"unknown quant type {q!r}{did_you_mean(q, QUANT_NAMES)}; "
+                                 f"valid: {', '.join(QUANT_NAMES)}")
             if q in NEEDS_IMATRIX:
                 raise ValueError(f"quant type {q!r} needs an importance matrix, which haqa does not compute yet")
         if len(set(v)) != len(v):
@@ -264,7 +265,8 @@ class Quality(_Strict):
     def _kv(cls, v: list[str]) -> list[str]:
         for t in v:
             if t not in BENCH_KV_TYPES:
-                raise ValueError(f"unknown KV-cache type {t!r}{did_you_mean(t, BENCH_KV_TYPES)}; valid: {', '.join(BENCH_KV_TYPES)}")
+                raise ValueError(f"unknown KV-cache type {t!r}{did_you_mean(t, BENCH_KV_TYPES)}; "
+                                 f"valid: {', '.join(BENCH_KV_TYPES)}")
         if not v or len(set(v)) != len(v):
             raise ValueError("kv_types must list distinct types")
         return v

@@ -147,7 +147,8 @@ def _one(runner: Runner, toolchain: Toolchain, model: PurePath, config: RuntimeC
         records = parse_bench_json(result.stdout)
         record = next(r for r in records if int(r["n_prompt"]) == p and int(r["n_gen"]) == n)
     except (ValueError, StopIteration, json.JSONDecodeError) as e:
-        raise ToolFailed(argv, result.returncode, f"unexpected llama-bench output ({e}):\n{result.stdout[-2000:]}") from None
+        raise ToolFailed(argv, result.returncode,
+                         f"unexpected llama-bench output ({e}):\n{result.stdout[-2000:]}") from None
     return record, peak_rss.parse(result.stderr_tail), argv
 
 
@@ -176,13 +177,15 @@ def run_bench(runner: Runner, toolchain: Toolchain, model: PurePath, config: Run
     """Prefill of `prompt_tokens` at depth 0, and decode of `gen_tokens` after `depth` tokens already in
     the cache (default: the prompt), each repeated until stable."""
     depth = prompt_tokens if depth is None else depth
-    pp, _, pp_rss, _ = _measure(runner, toolchain, model, config, p=prompt_tokens, n=0, d=0, policy=policy, log_path=log_path)
+    pp, _, pp_rss, _ = _measure(runner, toolchain, model, config, p=prompt_tokens, n=0, d=0, policy=policy,
+                                log_path=log_path)
     tg, rec, tg_rss, argv = _measure(runner, toolchain, model, config, p=0, n=gen_tokens, d=depth, policy=policy,
                                      log_path=log_path)
     peaks = [(r, c) for r, c in ((pp_rss, prompt_tokens), (tg_rss, gen_tokens + depth)) if r]
     peak, peak_ctx = max(peaks) if peaks else (None, None)
     return BenchResult(prefill=pp, decode=tg, build_commit=str(rec.get("build_commit", "")),
-                       threads=int(rec.get("n_threads", config.threads)), model_size_bytes=int(rec.get("model_size", 0)),
+                       threads=int(rec.get("n_threads", config.threads)),
+                       model_size_bytes=int(rec.get("model_size", 0)),
                        argv=argv, peak_rss_bytes=peak, peak_rss_ctx=peak_ctx)
 
 
