@@ -15,9 +15,9 @@ from haqa.agent.llm import MAX_BAD_REPLIES, Backend, LLMProposer, PromptFacts, b
 from haqa.agent.objective import pareto_front
 from haqa.agent.proposers import GridProposer, HeuristicProposer, Observation, RandomProposer
 from haqa.agent.space import KNOBS, Candidate, Rejected, build_space
-from haqa.runtime import RuntimeConfig
 from haqa.agent.store import TrialStore
 from haqa.config import load_recipe, load_target
+from haqa.runtime import RuntimeConfig
 
 
 @pytest.fixture
@@ -305,14 +305,13 @@ def test_auto_without_an_llm_endpoint_proposes_with_the_heuristic(space, monkeyp
     """`--agent auto` asks an endpoint that answers; with none configured the heuristic proposes (the
     embedded model needs more trials: docs/BENCHMARKS.md), and the lock and the log say which ran."""
     from haqa.agent.llm import endpoint_backend
-    from haqa.pipeline import _make_proposer
+    from haqa.agent.registry import deploy_proposer
 
     for var in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "OLLAMA_HOST"):
         monkeypatch.delenv(var, raising=False)
     assert endpoint_backend() is None
     heuristic = HeuristicProposer(space, {"Q8_0": 4, "Q4_1": 3, "Q4_K_M": 2, "Q4_0": 1})
-    proposer, label = _make_proposer("auto", space, heuristic, load_target("rpi5-8gb"), load_recipe("smollm2-135m"),
-                                     None, 0, None, None, None)
+    proposer, label = deploy_proposer("auto", space, heuristic, seed=0, threads=4, facts=None)
     assert proposer is heuristic and label == "heuristic (auto: no LLM endpoint)"
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # configured, but nothing answers there
     assert endpoint_backend() is None

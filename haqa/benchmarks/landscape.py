@@ -217,7 +217,10 @@ def _measure_on(runner, target, recipe, model, source_facts, corpus, out: Path, 
     from haqa.measure.quality import QualitySettings, measure_quality, reference_logits
     from haqa.measure.quantize import quantize
     from haqa.model import memory
-    from haqa.pipeline import SPEED_POLICY, _failure_cause, default_config, predicted_peak
+    from haqa.agent.trials import SPEED_POLICY
+    from haqa.errors import failure_cause as _failure_cause
+    from haqa.model.budget import predicted_peak
+    from haqa.pipeline import default_config
     from haqa.toolchain import ensure_toolchain
 
     started = time.monotonic()

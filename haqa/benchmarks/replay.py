@@ -209,7 +209,7 @@ def replay(land: Landscape, proposer: Proposer, *, budget: int = 20, seed: int =
     patience = patience or int(search.get("patience", 4))
     max_trials = max_trials or int(search.get("max_trials", 8))
     run = Run(proposer=proposer.name, seed=seed)
-    from haqa.pipeline import staleness
+    from haqa.agent.search import staleness
 
     history: list[Observation] = []
     started = time.monotonic()
@@ -346,14 +346,14 @@ def code_version() -> str:
     import inspect
     from importlib import metadata
 
-    from haqa import pipeline
+    from haqa.agent import search as search_module
     from haqa.agent import llm, proposers, select, space, tpe
 
     h = hashlib.sha256()
     for mod in (proposers, llm, tpe, space, obj, select):
         h.update(inspect.getsource(mod).encode())
     h.update(Path(__file__).read_bytes())
-    h.update(inspect.getsource(pipeline.staleness).encode())
+    h.update(inspect.getsource(search_module).encode())
     for dist in ("optuna", "llama_cpp_python"):
         try:
             h.update(metadata.version(dist).encode())
