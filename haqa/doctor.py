@@ -55,7 +55,8 @@ def run_checks(runner: Runner, target: Target) -> list[Check]:
     ram = facts.get("ram_gib")
     if ram:
         close = abs(ram - target.hardware.ram_gib) <= max(0.15 * target.hardware.ram_gib, 0.5)
-        checks.append(Check("memory", close, f"{ram:g} GiB on the device, {target.hardware.ram_gib:g} GiB in the target",
+        checks.append(Check("memory", close,
+                            f"{ram:g} GiB on the device, {target.hardware.ram_gib:g} GiB in the target",
                             "fix [hardware].ram_gib in the target (or re-probe it)"))
     if facts.get("arch") and facts["arch"] != target.hardware.arch:
         checks.append(Check("arch", False, f"device is {facts['arch']}, target says {target.hardware.arch}",

@@ -59,6 +59,20 @@ class ToolFailed(Exception):
         self.timed_out = timed_out
 
 
+
+def failure_cause(e: ToolFailed) -> str:
+    """Why a tool failed, as a trial records it: oom (the OOM killer's SIGKILL, or an allocation that
+    failed), timeout, crash (another signal) or error."""
+    text = (e.output_tail or "").lower()
+    if e.timed_out:
+        return "timeout"
+    sig = death_signal(e.returncode)
+    if "out of memory" in text or "failed to allocate" in text or "cannot allocate" in text or sig == 9:
+        return "oom"
+    if sig is not None:
+        return "crash"
+    return "error"
+
 def close_match(word: str, choices: Iterable[str]) -> str | None:
     """The closest valid choice to a misspelt word, if there is a plausible one."""
     matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

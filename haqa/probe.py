@@ -170,9 +170,11 @@ def local_facts() -> dict:
 SYSCTL_KEYS = ["hw.memsize", "hw.physicalcpu", "hw.perflevel0.physicalcpu", "machdep.cpu.brand_string",
                "hw.optional.arm.FEAT_DotProd", "hw.optional.arm.FEAT_FP16", "hw.optional.arm.FEAT_I8MM",
                "hw.optional.arm.FEAT_BF16"]
-_SMI = "command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi --query-gpu=name,memory.total,compute_cap --format=csv,noheader,nounits || true"
+_SMI = ("command -v nvidia-smi >/dev/null 2>&1 && "
+        "nvidia-smi --query-gpu=name,memory.total,compute_cap --format=csv,noheader,nounits || true")
 TOOLS_SCRIPT = ("for t in cc c++ cmake make nvcc; do printf '%s: ' \"$t\"; "
-                "if command -v \"$t\" >/dev/null 2>&1; then \"$t\" --version 2>&1 | grep -m1 -iE 'version|[0-9]+\\.[0-9]+' || echo present; "
+                "if command -v \"$t\" >/dev/null 2>&1; then "
+                "\"$t\" --version 2>&1 | grep -m1 -iE 'version|[0-9]+\\.[0-9]+' || echo present; "
                 "else echo missing; fi; done")
 
 

@@ -61,10 +61,10 @@ def locked_choice(lock: Lock, target: Target, recipe: Recipe, model, source_fact
     recipe's search space on this target (its quants, KV types, thread counts, ...), the space's
     constraints (a context of at least min_context, ...) and the memory model's budget."""
     from haqa.agent.space import Candidate, Rejected, build_space
-    from haqa.pipeline import memory_fits, model_shapes
+    from haqa.model.budget import MemoryGate, model_shapes
 
     quant, config = lock.model.file_type, lock.runtime.config()
-    fits = memory_fits(target, model_shapes(model.path, source_facts.file_type))
+    fits = MemoryGate(target, model_shapes(model.path, source_facts.file_type)).within_budget
     space = build_space(target, recipe, n_layer=source_facts.n_layers or 1, fits=fits)
     cand = Candidate(quant, config)
     try:
@@ -123,7 +123,9 @@ def deploy_from_lock(lock_path: Path, target_name: str | None = None, out: Path 
     quant, config = locked_choice(lock, target, recipe, model, source_facts)
     ui.step(f"reproducing {label} from {lock_path}: {quant}, {config.describe()} (no search)")
 
-    from haqa.pipeline import SPEED_POLICY, predicted_peak, prepare_device, reference_for
+    from haqa.agent.trials import SPEED_POLICY
+    from haqa.model.budget import predicted_peak
+    from haqa.pipeline import prepare_device, reference_for
 
     runner = runner_for(target)
     try:

@@ -39,8 +39,8 @@ class RuntimeConfig:
     def describe(self) -> str:
         """The flags in one short line, for reports."""
         return (f"t={self.threads}/{self.prefill_threads} ngl={self.n_gpu_layers} fa={self.flash_attn} "
-                f"b={self.batch_size}/{self.ubatch_size} kv={self.cache_type_k} repack={'on' if self.repack else 'off'} "
-                f"lm={self.load_mode} poll={self.poll}")
+                f"b={self.batch_size}/{self.ubatch_size} kv={self.cache_type_k} "
+                f"repack={'on' if self.repack else 'off'} lm={self.load_mode} poll={self.poll}")
 
     def bench_args(self, *, prefill: bool = False) -> list[str]:
         """llama-bench flags. It uses one thread count for a whole test, so prefill tests get the

@@ -15,9 +15,10 @@ from haqa.agent.llm import MAX_BAD_REPLIES, Backend, LLMProposer, PromptFacts, b
 from haqa.agent.objective import pareto_front
 from haqa.agent.proposers import GridProposer, HeuristicProposer, Observation, RandomProposer
 from haqa.agent.space import KNOBS, Candidate, Rejected, build_space
-from haqa.runtime import RuntimeConfig
 from haqa.agent.store import TrialStore
 from haqa.config import load_recipe, load_target
+from haqa.runtime import RuntimeConfig
+from tests.support.http import StandIn, json_reply
 
 
 @pytest.fixture
@@ -163,37 +164,23 @@ def test_endpoint_down_hands_the_run_to_the_heuristic(space):
 
 def test_a_slow_endpoint_times_out_and_is_not_asked_again(space, monkeypatch):
     """A real OpenAI-compatible HTTP endpoint on 127.0.0.1 that answers too slowly, through the openai client."""
-    import http.server
-    import threading
     import time
 
     from haqa.agent.llm import OpenAIBackend
 
-    calls = []
+    def slow(method, path, headers, body):
+        time.sleep(2)
+        return 200, "application/json", b"{}"
 
-    class Slow(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            calls.append(self.path)
-            time.sleep(2)
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *a):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setenv("HAQA_LLM_TIMEOUT_S", "0.5")
-        backend = OpenAIBackend(base_url=f"http://127.0.0.1:{server.server_port}/v1", api_key="k", model="m")
+    monkeypatch.setenv("HAQA_LLM_TIMEOUT_S", "0.5")
+    with StandIn(slow) as server:
+        backend = OpenAIBackend(base_url=f"{server.url}/v1", api_key="k", model="m")
         backend.client = backend.client.with_options(max_retries=0)
         llm = LLMProposer(space=space, backend=backend, facts=_facts(),
                           fallback=HeuristicProposer(space, {"Q8_0": 4, "Q4_1": 3, "Q4_K_M": 2, "Q4_0": 1}))
         assert llm.suggest([]).proposer == "heuristic (llm unavailable)"
-        assert len(calls) == MAX_BAD_REPLIES and all("Timeout" in r for r in llm.refusals)
-        assert llm.suggest([]).proposer == "heuristic (llm unavailable)" and len(calls) == MAX_BAD_REPLIES
-    finally:
-        server.shutdown()
+        assert len(server.requests) == MAX_BAD_REPLIES and all("Timeout" in r for r in llm.refusals)
+        assert llm.suggest([]).proposer == "heuristic (llm unavailable)" and len(server.requests) == MAX_BAD_REPLIES
 
 
 def test_garbage_then_a_good_reply_resets_the_count(space):
@@ -237,37 +224,17 @@ def test_pareto_front():
 def test_ollama_backend_sends_the_schema_as_format(space):
     """No Ollama server can run here, so a small HTTP server on 127.0.0.1 stands in for it and records
     the exact request the ollama client sends (/api/chat with `format` = the JSON schema)."""
-    import http.server
-    import threading
-
     from haqa.agent.llm import OllamaBackend
 
-    seen = {}
     reply = {"rationale": "try Q4_K_M", "candidate": {**space.default_values(), "quant": "Q4_K_M"}}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            seen["path"] = self.path
-            seen["body"] = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            body = json.dumps({"model": "m", "created_at": "2026-01-01T00:00:00Z", "done": True,
-                               "message": {"role": "assistant", "content": json.dumps(reply)}}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        backend = OllamaBackend(host=f"http://127.0.0.1:{server.server_address[1]}", model="qwen2.5:1.5b")
+    answer = json_reply(200, {"model": "m", "created_at": "2026-01-01T00:00:00Z", "done": True,
+                              "message": {"role": "assistant", "content": json.dumps(reply)}})
+    with StandIn(lambda method, path, headers, body: answer) as server:
+        backend = OllamaBackend(host=server.url, model="qwen2.5:1.5b")
         llm = LLMProposer(space=space, backend=backend, facts=_facts(), fallback=HeuristicProposer(space, {}))
         p = llm.suggest([])
-    finally:
-        server.shutdown()
+    (request,) = server.requests
+    seen = {"path": request["path"], "body": json.loads(request["body"])}
     assert seen["path"] == "/api/chat" and seen["body"]["model"] == "qwen2.5:1.5b"
     assert seen["body"]["format"] == reply_schema(space) and seen["body"]["stream"] is False
     assert p.candidate.quant == "Q4_K_M" and p.proposer == "llm:ollama"
@@ -305,14 +272,13 @@ def test_auto_without_an_llm_endpoint_proposes_with_the_heuristic(space, monkeyp
     """`--agent auto` asks an endpoint that answers; with none configured the heuristic proposes (the
     embedded model needs more trials: docs/BENCHMARKS.md), and the lock and the log say which ran."""
     from haqa.agent.llm import endpoint_backend
-    from haqa.pipeline import _make_proposer
+    from haqa.agent.registry import deploy_proposer
 
     for var in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "OLLAMA_HOST"):
         monkeypatch.delenv(var, raising=False)
     assert endpoint_backend() is None
     heuristic = HeuristicProposer(space, {"Q8_0": 4, "Q4_1": 3, "Q4_K_M": 2, "Q4_0": 1})
-    proposer, label = _make_proposer("auto", space, heuristic, load_target("rpi5-8gb"), load_recipe("smollm2-135m"),
-                                     None, 0, None, None, None)
+    proposer, label = deploy_proposer("auto", space, heuristic, seed=0, threads=4, facts=None)
     assert proposer is heuristic and label == "heuristic (auto: no LLM endpoint)"
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # configured, but nothing answers there
     assert endpoint_backend() is None

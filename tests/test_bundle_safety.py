@@ -86,7 +86,8 @@ def _file(tmp_path, monkeypatch):
 def _symlink(tmp_path, monkeypatch):
     before = _user_files(tmp_path / "mine")
     (tmp_path / "link").symlink_to(tmp_path / "mine")
-    return "link", "is a symbolic link", lambda: _files(tmp_path / "mine") == before and (tmp_path / "link").is_symlink()
+    return "link", "is a symbolic link", lambda: (_files(tmp_path / "mine") == before
+                                                  and (tmp_path / "link").is_symlink())
 
 
 @pytest.mark.parametrize("setup", [_home, _parent_of_cwd, _folder_of_user_files, _file, _symlink])
@@ -109,9 +110,9 @@ def test_deploy_from_lock_refuses_an_out_of_user_files_before_anything_runs(proj
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     (tmp_path / "server").write_text("#!/bin/sh\n")
     bundle = write_bundle(tmp_path / "dist" / "smollm2-135m@local", model=tmp_path / "m.gguf",
-                          model_name=f"smollm2-135m-{lock['model']['file_type']}.gguf", server_binary=tmp_path / "server",
-                          lock=parse(lock, tmp_path / "lock.json"), server_args=[], label="smollm2-135m@local",
-                          alias="smollm2-135m")
+                          model_name=f"smollm2-135m-{lock['model']['file_type']}.gguf",
+                          server_binary=tmp_path / "server", lock=parse(lock, tmp_path / "lock.json"), server_args=[],
+                          label="smollm2-135m@local", alias="smollm2-135m")
     before = _user_files(tmp_path / "mine")
     code, _, err = haqa("deploy", "--from-lock", str(bundle), "--out", "mine")
     assert code == 2 and "is a folder that is not a haqa bundle" in err, err

@@ -101,7 +101,8 @@ def test_service_files_checksums_and_tarball(tmp_path):
     unit = (out / "haqa-m.service").read_text()
     assert 'ExecStart="%h/.cache/haqa/bundles/m@t/run.sh" "--host" "127.0.0.1" "--port" "8080"' in unit
     plist = plistlib.loads((out / "dev.haqa.m.plist").read_bytes())
-    assert plist["Label"] == "dev.haqa.m" and plist["ProgramArguments"][-4:] == ["--host", "127.0.0.1", "--port", "8080"]
+    assert (plist["Label"] == "dev.haqa.m"
+            and plist["ProgramArguments"][-4:] == ["--host", "127.0.0.1", "--port", "8080"])
     sums = dict(line.split("  ")[::-1] for line in (out / "SHA256SUMS").read_text().splitlines())
     assert set(sums) == {"m-Q4_0.gguf", "bin/llama-server", "run.sh", "Modelfile", "haqa-m.service",
                          "dev.haqa.m.plist", "haqa.lock.json", "REPORT.md", "pareto.png"}

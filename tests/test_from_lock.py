@@ -75,8 +75,8 @@ def bundle(project, tmp_path, monkeypatch) -> Path:
     placeholder = tmp_path / "placeholder-server"
     placeholder.write_text("#!/bin/sh\nexit 1\n")
     return write_bundle(tmp_path / "dist" / "tiny@box", model=model, model_name="tiny-Q8_0.gguf",
-                        server_binary=placeholder, lock=parse(lock, tmp_path / "lock.json"), server_args=CONFIG.server_args(), label="tiny@box",
-                        alias="tiny", config=CONFIG, recipe="tiny")
+                        server_binary=placeholder, lock=parse(lock, tmp_path / "lock.json"),
+                        server_args=CONFIG.server_args(), label="tiny@box", alias="tiny", config=CONFIG, recipe="tiny")
 
 
 def _nothing_built(tmp_path: Path) -> bool:
@@ -104,7 +104,8 @@ def test_a_bundle_with_an_edited_file_is_refused(bundle, tmp_path, haqa):
 
 
 @pytest.mark.parametrize("change, reason", [
-    (lambda lock: lock["model"].update(file_type="Q4_0"), "quant='Q4_0' is outside the space; allowed: ['F16', 'Q8_0']"),
+    (lambda lock: lock["model"].update(file_type="Q4_0"),
+     "quant='Q4_0' is outside the space; allowed: ['F16', 'Q8_0']"),
     (lambda lock: lock["runtime"].update(ctx_size=256), "context 256 is below the recipe's minimum 512"),
     (lambda lock: lock["runtime"].update(cache_type_k="q4_0", cache_type_v="q4_0"),
      "kv_type='q4_0' is outside the space; allowed: ['f16', 'q8_0']"),

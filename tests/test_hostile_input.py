@@ -12,10 +12,10 @@ from __future__ import annotations
 import io
 import sqlite3
 import tarfile
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from haqa.errors import ToolFailed, UserError
 from tests.conftest import write_tiny_gguf
@@ -145,7 +145,8 @@ def test_build_options_that_would_make_cmake_run_code_are_refused_before_any_bui
 def test_the_build_options_a_device_needs_are_accepted(project, haqa):
     project.write("targets/good.toml", TARGET.format(name="good") + "[build.cmake]\n" + "\n".join([
         'GGML_CUDA = "ON"', 'GGML_NATIVE = "off"', 'CMAKE_CUDA_ARCHITECTURES = "87;90a-real"',
-        'CMAKE_BUILD_TYPE = "RelWithDebInfo"', 'GGML_CPU_ARM_ARCH = "armv8.2-a+dotprod"', 'GGML_BLAS_VENDOR = "OpenBLAS"',
+        'CMAKE_BUILD_TYPE = "RelWithDebInfo"', 'GGML_CPU_ARM_ARCH = "armv8.2-a+dotprod"',
+        'GGML_BLAS_VENDOR = "OpenBLAS"',
     ]) + "\n")
     code, out, err = haqa("targets", "validate", "good")
     assert code == 0, err

@@ -74,17 +74,16 @@ def test_a_tool_killed_by_a_signal_is_a_crash_and_says_which_signal():
     peak-memory wrapper exits 128+4, as a shell reports it: recorded as a crash, named in the error."""
     import sys
 
-    from haqa.errors import ToolFailed
+    from haqa.errors import ToolFailed, failure_cause
     from haqa.measure.peak_rss import wrap
-    from haqa.pipeline import _failure_cause
     from haqa.runner import LocalRunner
 
     die = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGILL)"]
     r = LocalRunner().run(wrap(sys.executable, die), timeout=60)
     assert r.returncode == 128 + 4
     e = ToolFailed(["llama-bench"], r.returncode, r.stderr_tail)
-    assert "killed by SIGILL (illegal instruction" in str(e) and _failure_cause(e) == "crash"
-    assert _failure_cause(ToolFailed(["llama-bench"], -11, "")) == "crash"
-    assert _failure_cause(ToolFailed(["llama-bench"], 137, "")) == "oom"
-    assert _failure_cause(ToolFailed(["llama-bench"], -9, "")) == "oom"
-    assert _failure_cause(ToolFailed(["llama-bench"], 1, "error: unknown argument")) == "error"
+    assert "killed by SIGILL (illegal instruction" in str(e) and failure_cause(e) == "crash"
+    assert failure_cause(ToolFailed(["llama-bench"], -11, "")) == "crash"
+    assert failure_cause(ToolFailed(["llama-bench"], 137, "")) == "oom"
+    assert failure_cause(ToolFailed(["llama-bench"], -9, "")) == "oom"
+    assert failure_cause(ToolFailed(["llama-bench"], 1, "error: unknown argument")) == "error"

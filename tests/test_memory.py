@@ -114,7 +114,8 @@ def test_estimate_command_lists_candidates_with_predicted_labels(haqa):
 
 @pytest.mark.slow
 def test_bench_harness_quick(tmp_path):
-    """`haqa bench all --quick` runs every benchmark's harness end to end and writes the document (figures not checked)."""
+    """`haqa bench all --quick` runs every benchmark's harness end to end and writes the document
+    (figures not checked)."""
     import subprocess
 
     out = tmp_path / "BENCH.md"
@@ -122,7 +123,8 @@ def test_bench_harness_quick(tmp_path):
                            "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr
     text = out.read_text()
-    assert "Command: `haqa bench all --quick`" in text and "| SmolLM2-135M Q8_0 |" in text and "llama.cpp 0c1e5709" in text
+    assert ("Command: `haqa bench all --quick`" in text and "| SmolLM2-135M Q8_0 |" in text
+            and "llama.cpp 0c1e5709" in text)
     assert (tmp_path / "memory-grid-quick.json").exists()
     assert "## Tuned against what users run today" in text and "- tuned / (a) default: decode x" in text
     assert "| synth-tiny |" in text and "roofline bound tok/s" in text  # table 4 with this machine's bandwidth

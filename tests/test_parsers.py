@@ -32,8 +32,8 @@ flags\t\t: fpu sse4_2 avx avx2 fma f16c bmi2 avx_vnni
 
 # Raspberry Pi 5 (Cortex-A76): no "physical id", so cores are counted from "processor" entries.
 PI5_CPUINFO = "".join(
-    f"processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp "
-    f"cpuid asimdrdm lrcpc dcpop asimddp\nCPU implementer\t: 0x41\nCPU part\t: 0xd0b\n\n"
+    f"processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics "
+    f"fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\nCPU implementer\t: 0x41\nCPU part\t: 0xd0b\n\n"
     for i in range(4)
 ) + "Model\t\t: Raspberry Pi 5 Model B Rev 1.0\n"
 

@@ -13,21 +13,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
-import struct
 import subprocess
 import sys
 import tarfile
-import threading
 import time
-import http.server
 from pathlib import Path
 
 import pytest
 
 from haqa import secrets
 from tests.conftest import REPO, free_port, write_tiny_gguf
+from tests.support.http import StandIn, json_reply
 from tests.test_ship import LABEL, make_bundle, real_bundle, real_parts  # noqa: F401 - fixtures
 
 HAQA = [sys.executable, "-m", "haqa"]
@@ -37,53 +34,6 @@ HF_TOKEN = "hf_standin_" + "q7" * 15
 
 
 # -- a hostile HTTP server ---------------------------------------------------------------------------
-
-class Hostile:
-    """An HTTP/1.1 server on 127.0.0.1: `answer(method, path, headers, body)` returns (status, content
-    type, body bytes), or "reset" to drop the connection with a TCP reset instead of answering."""
-
-    def __init__(self, answer):
-        self.requests: list[tuple[str, str]] = []
-        owner = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _handle(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                owner.requests.append((self.command, self.path))
-                reply = answer(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-                if reply == "reset":
-                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                    self.close_connection = True
-                    return
-                status, kind, data = reply
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PUT = do_HEAD = _handle
-
-            def log_message(self, *a):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self) -> "Hostile":
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def _json(status: int, obj) -> tuple[int, str, bytes]:
-    return status, "application/json", json.dumps(obj).encode()
-
 
 def _no_traceback(err: str) -> None:
     assert "Traceback" not in err and "internal error" not in err, err
@@ -192,7 +142,8 @@ def _echo_token(status: int, kind: str = "application/json"):
     def answer(method, path, headers, body):
         if kind == "text/html":
             return status, kind, f"<html><body><h1>Oops</h1>{headers.get('authorization')}</body></html>".encode()
-        return _json(status, {"error": f"the server broke; request had Authorization: {headers.get('authorization')}"})
+        said = f"the server broke; request had Authorization: {headers.get('authorization')}"
+        return json_reply(status, {"error": said})
     return answer
 
 
@@ -207,7 +158,7 @@ HUB_FAILURES = {
 @pytest.mark.parametrize("case", HUB_FAILURES)
 def test_a_failing_hub_gives_one_clear_message_without_the_token(small_bundle, tmp_path, case):
     answer, says = HUB_FAILURES[case]
-    with Hostile(answer) as hub:
+    with StandIn(answer) as hub:
         proc = _ship_to_hub(small_bundle, tmp_path, hub.url)
     assert proc.returncode == 2, proc.stderr
     for words in says:
@@ -225,7 +176,7 @@ def test_a_hub_that_refuses_connections_is_a_clear_error(small_bundle, tmp_path)
 
 @pytest.mark.parametrize("repo", ["not a valid name!", "me/x/y", "../x", "me/" + "x" * 100])
 def test_an_invalid_hub_repo_name_is_refused_before_anything_is_sent(small_bundle, tmp_path, repo):
-    with Hostile(lambda *a: _json(500, {})) as hub:
+    with StandIn(lambda *a: json_reply(500, {})) as hub:
         proc = _ship_to_hub(small_bundle, tmp_path, hub.url, repo=repo)
     assert proc.returncode == 2 and f"--to-hf {repo!r} is not a Hugging Face repo name" in proc.stderr, proc.stderr
     assert "namespace/name" in proc.stderr and not hub.requests
@@ -233,11 +184,13 @@ def test_an_invalid_hub_repo_name_is_refused_before_anything_is_sent(small_bundl
 
 
 NOT_OLLAMA = {
-    "an HTML page": (lambda *a: (200, "text/html", b"<html>a router's login page</html>"), "does not answer as Ollama does"),
-    "a 500": (lambda *a: _json(500, {"detail": "boom"}), "does not answer as Ollama does"),
+    "an HTML page": (lambda *a: (200, "text/html", b"<html>a router's login page</html>"),
+                     "does not answer as Ollama does"),
+    "a 500": (lambda *a: json_reply(500, {"detail": "boom"}), "does not answer as Ollama does"),
     "a reset": (lambda *a: "reset", "no Ollama server answers"),
     # answers /api/tags as Ollama does, then nothing else (like llama-server's Ollama-compatible routes)
-    "tags only": (lambda m, p, h, b: _json(200, {"models": []}) if p == "/api/tags" else (404, "text/html", b"<p>no"),
+    "tags only": (lambda m, p, h, b: (json_reply(200, {"models": []}) if p == "/api/tags"
+                                      else (404, "text/html", b"<p>no")),
                   "refused to create"),
 }
 
@@ -245,7 +198,7 @@ NOT_OLLAMA = {
 @pytest.mark.parametrize("case", NOT_OLLAMA)
 def test_an_ollama_host_that_is_not_ollama_is_a_clear_error(small_bundle, haqa, case):
     answer, says = NOT_OLLAMA[case]
-    with Hostile(answer) as server:
+    with StandIn(answer) as server:
         code, out, err = haqa("ship", str(small_bundle), "--ollama", "--ollama-host", server.url)
     assert code == 2 and says in err, err
     _no_traceback(err)
@@ -279,7 +232,7 @@ def _echoing_openai(method, path, headers, body):
     (401 first, then 500s, which the openai client retries once), with an upstream token of its own."""
     status = 401 if not _echoing_openai.calls else 500
     _echoing_openai.calls += 1
-    return _json(status, {"error": {"message": f"bad key {headers.get('authorization')} (upstream: {UPSTREAM})",
+    return json_reply(status, {"error": {"message": f"bad key {headers.get('authorization')} (upstream: {UPSTREAM})",
                                     "type": "invalid_request_error", "code": "invalid_api_key"}})
 
 
@@ -317,7 +270,7 @@ def _written_files(*roots: Path):
 @pytest.mark.slow
 def test_an_endpoint_that_echoes_the_api_key_leaks_it_nowhere(project):
     _echoing_openai.calls = 0
-    with Hostile(_echoing_openai) as endpoint:
+    with StandIn(_echoing_openai) as endpoint:
         proc = subprocess.run(
             [*HAQA, "deploy", "--recipe", "secret-leak", "--agent", "openai", "--out", str(project / "bundle")],
             cwd=project, capture_output=True, text=True, timeout=900,
@@ -329,7 +282,8 @@ def test_an_endpoint_that_echoes_the_api_key_leaks_it_nowhere(project):
     # the failure is reported (redacted), and the heuristic took over
     assert "the openai backend failed: AuthenticationError" in proc.stderr and "Bearer ***" in proc.stderr
     lock = json.loads((project / "bundle" / "haqa.lock.json").read_text())
-    assert any(t["proposer"] == "heuristic (llm unavailable)" and "Bearer ***" in t["rationale"] for t in lock["trials"])
+    assert any(t["proposer"] == "heuristic (llm unavailable)" and "Bearer ***" in t["rationale"]
+               for t in lock["trials"])
     leaks = [API_KEY, API_KEY[:12], API_KEY[-12:], UPSTREAM, UPSTREAM.split()[1]]
     assert not [s for s in leaks if s in proc.stdout + proc.stderr]
     written = dict(_written_files(project))
@@ -350,7 +304,7 @@ SERVER_SECRETS = {"OPENAI_API_KEY": API_KEY, "HF_TOKEN": HF_TOKEN, "HAQA_SSH_KEY
 
 
 @pytest.mark.slow
-def test_run_sh_starts_llama_server_without_the_secrets_of_its_environment(real_bundle):
+def test_run_sh_starts_llama_server_without_the_secrets_of_its_environment(real_bundle):  # noqa: F811 - the fixture
     """However run.sh is started (systemd, launchd, `haqa ship`, by hand) it execs llama-server without
     the secret variables it was given; llama.cpp's own LLAMA_API_KEY is kept, and protects the server."""
     port = free_port()

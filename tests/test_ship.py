@@ -22,7 +22,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -35,6 +34,7 @@ from haqa.hashing import sha256_file
 from haqa.probe import local_facts
 from haqa.runtime import RuntimeConfig
 from tests.conftest import REPO, connect_for, free_port, write_tiny_gguf
+from tests.support.http import StandIn, json_answer
 
 RECIPE = "smollm2-135m"
 LABEL = f"{RECIPE}@local"
@@ -166,57 +166,6 @@ def _tok_per_s(err: str) -> float:
 
 # -- stand-in HTTP servers -----------------------------------------------------------------------
 
-class StandIn:
-    """An HTTP server on 127.0.0.1 that records every request (method, path, headers, body) and
-    answers with `answer(method, path, body) -> (status, json)`."""
-
-    def __init__(self, answer, port: int = 0):
-        self.requests: list[dict] = []
-        owner = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _body(self) -> bytes:
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    data = b""
-                    while (size := int(self.rfile.readline().split(b";")[0], 16)) > 0:
-                        data += self.rfile.read(size)
-                        self.rfile.readline()
-                    self.rfile.readline()
-                    return data
-                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-            def _handle(self) -> None:
-                body = self._body()
-                owner.requests.append({"method": self.command, "path": self.path,
-                                       "headers": {k.lower(): v for k, v in self.headers.items()},
-                                       "body": body})
-                status, reply = answer(self.command, self.path, body)
-                data = json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PUT = do_HEAD = _handle
-
-            def log_message(self, *a):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self) -> "StandIn":
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def ollama_answer(method: str, path: str, body: bytes):
     if path == "/api/tags":
         return 200, {"models": []}
@@ -234,7 +183,7 @@ def test_forward_reaches_a_port_on_the_device_and_closes_a_refused_one(sshd, tmp
 
     runner = SshRunner(connect_for(sshd, tmp_path), label="loop")
     try:
-        with StandIn(lambda m, p, b: (200, {"path": p})) as web:
+        with StandIn(json_answer(lambda m, p, b: (200, {"path": p}))) as web:
             port = int(web.url.rsplit(":", 1)[1])
             with runner.forward(port) as (host, local_port):
                 assert local_port != port
@@ -288,7 +237,7 @@ def test_a_device_the_bundle_does_not_fit_is_refused_with_the_reason(small_bundl
 
 
 def test_a_port_in_use_on_the_device_is_refused(small_bundle, device, haqa):
-    with StandIn(lambda m, p, b: (200, {"status": "ok"})) as other:
+    with StandIn(json_answer(lambda m, p, b: (200, {"status": "ok"}))) as other:
         port = other.url.rsplit(":", 1)[1]
         code, out, err = haqa("ship", str(small_bundle), "--target", "loop", "--port", port)
     assert code == 2, err
@@ -316,7 +265,7 @@ def test_ollama_gets_the_gguf_as_a_blob_and_the_modelfile_parameters(small_bundl
     the file named by that digest and the Modelfile's parameters."""
     gguf = small_bundle / f"{RECIPE}-Q4_1.gguf"
     digest = f"sha256:{sha256_file(gguf)}"
-    with StandIn(ollama_answer) as ollama:
+    with StandIn(json_answer(ollama_answer)) as ollama:
         code, out, err = haqa("ship", str(small_bundle), "--ollama", "--ollama-host", ollama.url)
     assert code == 0, err
     assert out.strip() == f"ollama: {RECIPE}-haqa"
@@ -366,7 +315,7 @@ def test_to_hf_creates_the_repo_and_commits_every_file(small_bundle, tmp_path):
                          "pullRequestUrl": None}
         return 404, {"error": f"the stand-in does not serve {method} {path}"}
 
-    with StandIn(answer) as hub:
+    with StandIn(json_answer(answer)) as hub:
         env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": token, "HF_HUB_DISABLE_XET": "1",
                "HF_HOME": str(tmp_path / "hf-home"), "HAQA_HOME": str(tmp_path / "haqa-home")}
         proc = subprocess.run([sys.executable, "-m", "haqa", "ship", str(small_bundle), "--to-hf", repo, "--private"],
@@ -393,7 +342,8 @@ def test_to_hf_creates_the_repo_and_commits_every_file(small_bundle, tmp_path):
         assert committed[name]["key"] == "lfsFile" and committed[name]["value"]["oid"] == listed[name]
         assert uploads[listed[name]] == (small_bundle / name).read_bytes()
     lock = committed["haqa.lock.json"]
-    assert lock["key"] == "file" and base64.b64decode(lock["value"]["content"]) == (small_bundle / "haqa.lock.json").read_bytes()
+    assert (lock["key"] == "file"
+            and base64.b64decode(lock["value"]["content"]) == (small_bundle / "haqa.lock.json").read_bytes())
 
 
 def test_to_hf_without_a_token_says_how_to_log_in(small_bundle, tmp_path):
@@ -600,7 +550,7 @@ def sign(bundle: Path, key: Path) -> None:
 def test_a_signed_bundle_verifies_and_ships(small_bundle, signer, haqa):
     key, allowed = signer
     sign(small_bundle, key)
-    with StandIn(ollama_answer) as ollama:
+    with StandIn(json_answer(ollama_answer)) as ollama:
         code, out, err = haqa("ship", str(small_bundle), "--allowed-signers", str(allowed),
                               "--ollama", "--ollama-host", ollama.url)
     assert code == 0, err
@@ -681,7 +631,7 @@ def test_ollama_on_the_device_is_reached_through_the_ssh_forward(real_bundle, de
     """No Ollama server can run here, so a stand-in listens on the device's Ollama port (this machine's
     11434) and records what the ollama client sends through the SSH port forward."""
     try:
-        standin = StandIn(ollama_answer, port=11434)
+        standin = StandIn(json_answer(ollama_answer), port=11434)
     except OSError:
         pytest.skip("port 11434 is in use on this machine")
     with standin:

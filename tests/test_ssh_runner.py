@@ -195,7 +195,8 @@ def test_upload_cut_mid_transfer_resumes_and_verifies(sshd, runner, tmp_path):
     runner.transfer.on_chunk = hook
     assert runner.put(src, remote) is True
     assert cut, "the connection was never cut"
-    assert runner.transfer.bytes_sent < 1.25 * size, f"sent {runner.transfer.bytes_sent} bytes for {size}: it restarted instead of resuming"
+    assert runner.transfer.bytes_sent < 1.25 * size, (
+        f"sent {runner.transfer.bytes_sent} bytes for {size}: it restarted instead of resuming")
     assert runner.sha256(remote) == hashlib.sha256(src.read_bytes()).hexdigest()
     assert not runner.exists(PurePosixPath(f"{remote}.part"))
 
@@ -258,7 +259,8 @@ def test_what_counts_as_a_dropped_connection():
     for e in (EOFError(), paramiko.SSHException("gone"), ConnectionResetError(), TimeoutError()):
         assert is_drop(e, connected=True), e
     # the device answered: the operation's own error, even if it looks like one of the connection
-    for e in (FileNotFoundError(), PermissionError(), OSError(errno.ENOSPC, "No space left on device"), IOError(2, "x")):
+    for e in (FileNotFoundError(), PermissionError(), OSError(errno.ENOSPC, "No space left on device"),
+              OSError(2, "x")):
         assert not is_drop(e, connected=True), e
     assert is_drop(OSError(errno.ENOSPC, "x"), connected=False)  # no connection left to have answered
     for e in (UserError("bad key"), ConnectionLost("gone for good"), ValueError("a bug")):

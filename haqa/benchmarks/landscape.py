@@ -97,7 +97,7 @@ def _measure_on(runner, subject: Subject, out: Path, opts: Options) -> dict:
 
 def _grid_key(subject: Subject, grid: Grid, toolchain, settings, seed: int) -> str:
     """What a landscape is a measurement of: resuming a file needs the same key."""
-    from haqa.pipeline import SPEED_POLICY
+    from haqa.agent.trials import SPEED_POLICY
 
     definition = {"dims": grid.dims, "ctx_size": grid.full.ctx_size, "recipe_sha256": fingerprint(subject.recipe),
                   "target_sha256": fingerprint(subject.target), "source_sha256": subject.model.sha256,
@@ -109,7 +109,7 @@ def _grid_key(subject: Subject, grid: Grid, toolchain, settings, seed: int) -> s
 
 def _new_file(runner, subject: Subject, grid: Grid, toolchain, settings, base, grid_key: str, opts: Options) -> dict:
     """A new landscape: what it measures and how, and its points in a shuffled order, none measured yet."""
-    from haqa.pipeline import SPEED_POLICY
+    from haqa.agent.trials import SPEED_POLICY
 
     target, recipe, model, facts, corpus = (subject.target, subject.recipe, subject.model, subject.source_facts,
                                             subject.corpus)

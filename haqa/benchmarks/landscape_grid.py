@@ -36,7 +36,7 @@ class Grid:
 def plan_grid(target, recipe, model, source_facts, *, quick: bool, overrides: tuple[str, ...]) -> Grid:
     """The reduced grid with the pipeline's memory-model pruning (points over budget are kept as 'pruned')."""
     from haqa.model import memory
-    from haqa.pipeline import predicted_peak
+    from haqa.model.budget import predicted_peak
 
     hw = target.hardware
     budget_bytes = (hw.ram_gib - target.limits.memory_headroom_gib) * 2**30
@@ -140,7 +140,7 @@ def prompt_facts(target, recipe, source_facts, quants, shape_for, base) -> dict:
     """The LLM proposer's static facts, computed as haqa.pipeline._make_proposer computes them."""
     from haqa.agent import objective as obj
     from haqa.model import memory
-    from haqa.pipeline import predicted_peak
+    from haqa.model.budget import predicted_peak
 
     hw = target.hardware
     bandwidth = hw.gpu.mem_bandwidth_gbs if hw.gpu.kind != "none" and hw.gpu.mem_bandwidth_gbs else hw.mem_bandwidth_gbs

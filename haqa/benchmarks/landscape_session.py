@@ -109,7 +109,7 @@ class Session:
     def measure_quality(self, reference_threads: int, settings) -> None:
         """Quality: once per (quant, KV type) that some measurable point uses."""
         from haqa.measure.quality import measure_quality, reference_logits
-        from haqa.pipeline import _failure_cause
+        from haqa.errors import failure_cause
 
         if self.synthetic:
             return
@@ -133,7 +133,7 @@ class Session:
                                     threads=self.subject.target.hardware.cores, cache_type_k=kv, cache_type_v=kv)
                 data["quality"][f"{quant}|{kv}"] = q.as_dict()
             except ToolFailed as e:
-                data["quality"][f"{quant}|{kv}"] = {"status": "failed", "cause": _failure_cause(e),
+                data["quality"][f"{quant}|{kv}"] = {"status": "failed", "cause": failure_cause(e),
                                                     "error": str(e)[-2000:]}
             self.save()
 
@@ -190,7 +190,8 @@ class Session:
     def _bench_point(self, p: dict) -> None:
         """llama-bench of one point (a point whose quality failed fails without it)."""
         from haqa.measure.bench import run_bench
-        from haqa.pipeline import SPEED_POLICY, _failure_cause
+        from haqa.agent.trials import SPEED_POLICY
+        from haqa.errors import failure_cause
 
         cand = self.space.make(p["values"])
         q = None if self.synthetic else self.data["quality"].get(f"{cand.quant}|{cand.config.cache_type_k}")
@@ -208,7 +209,7 @@ class Session:
             p.pop("cause", None)
             p.pop("error", None)
         except ToolFailed as e:
-            p.update(status="failed", cause=_failure_cause(e), error=str(e)[-2000:])
+            p.update(status="failed", cause=failure_cause(e), error=str(e)[-2000:])
         p["elapsed_s"] = round(time.monotonic() - t0, 2)
         p["measured_at"] = now()
 
@@ -244,7 +245,8 @@ class Session:
     def repeat_best(self) -> None:
         """The best feasible points once more: how much of a "best" is noise."""
         from haqa.measure.bench import run_bench
-        from haqa.pipeline import SPEED_POLICY, _failure_cause
+        from haqa.agent.trials import SPEED_POLICY
+        from haqa.errors import failure_cause
 
         data, load = self.data, self.load
         land = Landscape(data, self.out)
@@ -266,7 +268,7 @@ class Session:
                                   policy=SPEED_POLICY)
                 rec["bench"] = bench.as_dict()
             except ToolFailed as e:
-                rec["failed"] = _failure_cause(e)
+                rec["failed"] = failure_cause(e)
             if load:
                 rec["foreign_cpu_share"] = round(load.share(), 3)
             data["repeats"].append(rec)

@@ -90,7 +90,7 @@ def replay(land: Landscape, proposer: Proposer, *, budget: int = 20, seed: int =
     patience = patience or int(search.get("patience", 4))
     max_trials = max_trials or int(search.get("max_trials", 8))
     run = Run(proposer=proposer.name, seed=seed)
-    from haqa.pipeline import staleness
+    from haqa.agent.search import staleness
 
     history: list[Observation] = []
     started = time.monotonic()
@@ -221,13 +221,13 @@ def quantile(sorted_xs: list[float], q: float) -> float:
 
 def code_version() -> str:
     """What a replayed search depends on besides the landscape: the proposers, the space, the objective
-    and selection rules, the landscape's reading (landscape_file), this module, the pipeline's stopping rule, and the Optuna and llama-cpp-python
-    versions."""
+    and selection rules, the landscape's reading (landscape_file), this module, the search
+    (haqa.agent.search: its stopping rule), and the Optuna and llama-cpp-python versions."""
     import hashlib
     import inspect
     from importlib import metadata
 
-    from haqa import pipeline
+    from haqa.agent import search as search_module
     from haqa.agent import llm, proposers, select, space, tpe
     from haqa.benchmarks import landscape_file
 
@@ -235,7 +235,7 @@ def code_version() -> str:
     for mod in (proposers, llm, tpe, space, obj, select, landscape_file):
         h.update(inspect.getsource(mod).encode())
     h.update(Path(__file__).read_bytes())
-    h.update(inspect.getsource(pipeline.staleness).encode())
+    h.update(inspect.getsource(search_module).encode())
     for dist in ("optuna", "llama_cpp_python"):
         try:
             h.update(metadata.version(dist).encode())

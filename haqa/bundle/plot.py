@@ -49,9 +49,10 @@ def _trials(ax, lock: Lock, synthetic: bool) -> None:
     inside = [(x, y) for x, y, t in points if t.within_budget]
     outside = [(x, y) for x, y, t in points if not t.within_budget]
     if inside:
-        ax.scatter(*zip(*inside), s=28, color="tab:blue", label="trial within the budget", zorder=3)
+        ax.scatter(*zip(*inside, strict=False), s=28, color="tab:blue", label="trial within the budget", zorder=3)
     if outside:
-        ax.scatter(*zip(*outside), s=28, color="tab:gray", marker="x", label="trial over the budget", zorder=3)
+        ax.scatter(*zip(*outside, strict=False), s=28, color="tab:gray", marker="x", label="trial over the budget",
+                   zorder=3)
     front = sorted(((x, y) for x, y, t in points if _on_front(x, y, points)), key=lambda p: p[0])
     if front:
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:orange", lw=1.5,

@@ -46,6 +46,6 @@ exec "$server" --model "$here/"{model} --alias {alias} --host "$host" --port "$p
 
 def render(label: str, model_file: str, alias: str, server_args: list[str]) -> str:
     return TEMPLATE.format(
-        version=__version__, label=label, secret_words="|".join(SECRET_WORDS), model=shlex.quote(model_file), alias=shlex.quote(alias),
-        flags=" ".join(shlex.quote(a) for a in server_args),
+        version=__version__, label=label, secret_words="|".join(SECRET_WORDS), model=shlex.quote(model_file),
+        alias=shlex.quote(alias), flags=" ".join(shlex.quote(a) for a in server_args),
     )

@@ -59,7 +59,7 @@ class InstallFolder:
     in_home: bool = False
 
     @classmethod
-    def default(cls, label: str) -> "InstallFolder":
+    def default(cls, label: str) -> InstallFolder:
         """Where `haqa ship` installs the bundle `label` on a target with the default work dir."""
         workdir = PurePosixPath(Connect.model_fields["workdir"].default)  # ~/.cache/haqa
         return cls(PurePosixPath(*workdir.parts[1:]) / BUNDLES / label, in_home=True)

@@ -132,10 +132,12 @@ def verify_signature(root: Path, sums: bytes, allowed_signers: Path) -> str:
         raise UserError(f"{sig} was not made by any key in {allowed_signers}; refusing the bundle",
                         hint="ship only bundles signed by a key you trust, or add the signer's key to that file")
     for principal in principals:
-        r = keygen_run("verify", "-f", str(allowed_signers), "-I", principal, "-n", NAMESPACE, "-s", str(sig), data=sums)
+        r = keygen_run("verify", "-f", str(allowed_signers), "-I", principal, "-n", NAMESPACE, "-s", str(sig),
+                       data=sums)
         if r.returncode == 0:
             return principal
     why = (r.stderr or r.stdout).decode(errors="replace").strip().splitlines()
-    raise UserError(f"{sig} does not verify for {SUMS} in {root} (ssh-keygen: {why[-1] if why else 'no reason given'}): "
+    raise UserError(f"{sig} does not verify for {SUMS} in {root} "
+                    f"(ssh-keygen: {why[-1] if why else 'no reason given'}): "
                     f"the checksums were changed after they were signed, or signed for another namespace than "
                     f"{NAMESPACE}; refusing the bundle", hint=f"get the bundle again from its maker, or {SIGN_HINT}")

@@ -34,9 +34,8 @@ def make_group(kind: str, loader, row, headers: list[str], check=None) -> click.
     def group() -> None:
         pass
 
-    @group.command("list")
+    @group.command("list", help=f"List the {kind} visible from here (project, user, built-in).")
     def list_() -> None:
-        f"""List the {kind} visible from here (project, user, built-in)."""
         table = Table(*headers, "file", box=None, pad_edge=False)
         for name, path in list_names(kind).items():
             # Cells are text from the files (a description may hold "[/]"): never read as markup.
@@ -47,17 +46,16 @@ def make_group(kind: str, loader, row, headers: list[str], check=None) -> click.
                               *[""] * (len(headers) - 2), Text(_short(path)))
         out.print(table)
 
-    @group.command("show")
+    @group.command("show", help=f"Print a {singular} with its `extends` chain merged and defaults filled, as JSON.")
     @click.argument("name")
     def show(name: str) -> None:
-        f"""Print a {singular} with its `extends` chain merged and defaults filled, as JSON."""
         obj = loader(name)
         click.echo(json.dumps({"file": str(find_file(kind, name)), **obj.model_dump(mode="json")}, indent=2))
 
-    @group.command("validate")
+    @group.command("validate", help=f"Check {kind} (names or .toml paths; all known ones if none given). "
+                                    "Exit 2 on the first error.")
     @click.argument("names", nargs=-1)
     def validate(names: tuple[str, ...]) -> None:
-        f"""Check {kind} (names or .toml paths; all known ones if none given). Exit 2 on the first error."""
         for name in names or tuple(list_names(kind)):
             obj = loader(name)
             note = check(name, obj) if check else None

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import click
 
+from haqa.agent.registry import AGENTS
+
 
 @click.command()
 @click.option("--target", "-t", "target_name", default="local", show_default=True, help="target name or .toml path")
@@ -11,7 +13,7 @@ import click
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="bundle folder [default: dist/<recipe>@<target>]")
 @click.option("--jobs", "-j", type=click.IntRange(1), default=None, help="compile jobs for the llama.cpp build")
-@click.option("--agent", type=click.Choice(["auto", "llm", "openai", "ollama", "embedded", "heuristic", "random", "grid"]),
+@click.option("--agent", type=click.Choice(AGENTS),
               default="auto", show_default=True,
               help="who proposes candidates: auto = an LLM endpoint that answers (openai, then ollama), else the "
                    "model-based heuristic; llm = such an endpoint, else the embedded model; or one backend or baseline")

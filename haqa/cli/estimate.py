@@ -1,5 +1,7 @@
 """`haqa estimate`: predicted memory and roofline speed of every candidate, without running anything."""
 
+import dataclasses
+
 import click
 
 
@@ -15,26 +17,33 @@ def estimate(target_name: str, recipe_name: str, ctx: int | None, show_all: bool
     from rich.console import Console
     from rich.table import Table
 
+    from haqa.agent.space import Candidate
     from haqa.config import find_file, load_recipe, load_target
     from haqa.model import memory
+    from haqa.model.budget import MemoryGate, decode_bandwidth_gbs, host_budget_bytes, model_shapes, predicted_peak
     from haqa.model.gguf_facts import read_facts
     from haqa.model.source import resolve_model
+    from haqa.pipeline import default_config
 
     target = load_target(target_name)
     recipe = load_recipe(recipe_name)
     model = resolve_model(recipe, find_file("recipes", recipe_name).parent)
-    source_type = read_facts(model.path).file_type
+    facts = read_facts(model.path)
+    source_type = facts.file_type
     hw = target.hardware
     n_ctx = ctx or recipe.workload.min_context
-    budget = hw.ram_gib * 2**30 - target.limits.memory_headroom_gib * 2**30
-    bandwidth = hw.gpu.mem_bandwidth_gbs if hw.gpu.kind != "none" and hw.gpu.mem_bandwidth_gbs else hw.mem_bandwidth_gbs
+    budget = host_budget_bytes(target)
+    bandwidth = decode_bandwidth_gbs(hw)
+    gate = MemoryGate(target, model_shapes(model.path, source_type))
+    # llama.cpp's defaults at this context (every layer on the GPU where there is one), as a deploy starts
+    base = dataclasses.replace(default_config(target, recipe, n_layers=facts.n_layers), ctx_size=n_ctx)
     table = Table("quant", "KV", "weights MiB", "KV MiB", "peak MiB", "fits", "roofline decode tok/s", box=None)
     for quant in recipe.search.quants:
-        shape = memory.ModelShape.from_gguf(model.path) if quant == source_type else memory.estimate_quantized(model.path, quant)
+        shape = gate.shape_for(quant)
         for kv in recipe.quality.kv_types:
-            est = memory.predict(shape, n_ctx=n_ctx, type_k=kv, type_v=kv, arch=hw.arch, cpu_features=hw.cpu_features,
-                                 unified_memory=hw.gpu.unified_memory)
-            fits = est.host <= budget
+            config = dataclasses.replace(base, cache_type_k=kv, cache_type_v=kv)
+            est = predicted_peak(target, shape, config, tokens=n_ctx)
+            fits, _ = gate.within_budget(Candidate(quant, config))
             if not fits and not show_all:
                 continue
             roof = memory.roofline_decode_tps(shape, bandwidth, n_ctx=n_ctx, type_k=kv, type_v=kv) if bandwidth else None

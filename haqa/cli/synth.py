@@ -10,7 +10,8 @@ import click
               "or a Hugging Face config.json")
 @click.option("--quant", default="Q8_0", show_default=True, help="GGUF type of the output")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.option("--layers", type=click.IntRange(1), default=None, help="fewer layers than the real model (for quick tests)")
+@click.option("--layers", type=click.IntRange(1), default=None,
+              help="fewer layers than the real model (for quick tests)")
 @click.option("--seed", type=int, default=0, show_default=True)
 def synth(like: str, quant: str, out: Path, layers: int | None, seed: int) -> None:
     """Write a synthetic model: real shapes, random weights. Speed and memory measured on it are

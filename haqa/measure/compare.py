@@ -69,12 +69,13 @@ class Side:
                    time_to_first_token_s={"value": round(prompt_tokens / prefill["median"], 4),
                                           "basis": f"derived: {prompt_tokens} prompt tokens / median prefill tok/s"},
                    peak_rss_bytes=max(peaks) if peaks else None,
-                   peak_rss_basis="measured: the largest wait4 ru_maxrss of its llama-bench runs" if peaks else "not measured")
+                   peak_rss_basis=("measured: the largest wait4 ru_maxrss of its llama-bench runs" if peaks
+                                   else "not measured"))
         return out
 
 
 def _ratio(num: list[float], den: list[float]) -> dict:
-    per = [a / b for a, b in zip(num, den) if b > 0]
+    per = [a / b for a, b in zip(num, den, strict=False) if b > 0]
     return {"median": round(statistics.median(per), 3), "min": round(min(per), 3), "max": round(max(per), 3),
             "rounds": len(per)}
 
@@ -86,7 +87,8 @@ def ratios(tuned: Side, other: Side) -> dict | None:
         return None
     out = {m: _ratio([getattr(r, m).mean for r in tuned.rounds], [getattr(r, m).mean for r in other.rounds])
            for m in ("decode", "prefill")}
-    out["time_to_first_token"] = {**out["prefill"], "note": "speed-up: other's TTFT / tuned's TTFT (= the prefill ratio)"}
+    out["time_to_first_token"] = {**out["prefill"],
+                                  "note": "speed-up: other's TTFT / tuned's TTFT (= the prefill ratio)"}
     a = max((r.peak_rss_bytes or 0) for r in tuned.rounds)
     b = max((r.peak_rss_bytes or 0) for r in other.rounds)
     out["peak_rss"] = {"ratio": round(a / b, 3) if a and b else None, "note": "tuned / other (below 1: less memory)"}

@@ -44,13 +44,16 @@ def load_corpus(name: str | None, base_dir: Path | None = None) -> Corpus:
         if not p.is_absolute() and base_dir is not None:
             p = base_dir / p
         if not p.is_file():
-            what = "is a folder, not a text file" if p.is_dir() else "no such file" if not p.exists() else "is not a regular file"
-            raise UserError(f"[quality].corpus: {p} {what}" if what != "no such file" else f"[quality].corpus: no such file: {p}",
+            what = ("is a folder, not a text file" if p.is_dir() else "no such file" if not p.exists()
+                    else "is not a regular file")
+            raise UserError(f"[quality].corpus: {p} {what}" if what != "no such file"
+                            else f"[quality].corpus: no such file: {p}",
                             hint=f"use '{DEFAULT_CORPUS}' or a path to a text file")
         try:
             text = p.read_bytes().decode("utf-8")[:MAX_CHARS]
         except UnicodeDecodeError as e:
-            raise UserError(f"[quality].corpus: {p} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})",
+            raise UserError(f"[quality].corpus: {p} is not UTF-8 text "
+                            f"(byte {e.object[e.start]:#04x} at offset {e.start})",
                             hint="convert it (iconv -f latin1 -t utf-8) or use the default corpus") from None
     data = text.encode()
     digest = hashlib.sha256(data).hexdigest()

@@ -50,7 +50,7 @@ class Quality:
         return {**asdict(self), "basis": "measured (llama-perplexity --kl-divergence)"}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Quality":
+    def from_dict(cls, d: dict) -> Quality:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
 

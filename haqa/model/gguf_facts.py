@@ -23,7 +23,8 @@ def check_gguf(path: Path) -> None:
         raise UserError(f"{path}: cannot read: {e.strerror}") from None
     if head != GGUF_MAGIC:
         raise UserError(f"{path}: not a GGUF file (starts with {head!r}, expected b'GGUF')",
-                        hint="point the recipe at a .gguf file; convert other formats with llama.cpp's convert_hf_to_gguf.py")
+                        hint="point the recipe at a .gguf file; "
+                             "convert other formats with llama.cpp's convert_hf_to_gguf.py")
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,8 @@ def _parse(path: Path) -> GgufFacts:
     try:
         reader = gguf.GGUFReader(str(path))
     except Exception as e:
-        raise UserError(f"{path}: the GGUF cannot be parsed ({type(e).__name__}: {e}); the file is truncated or corrupt") from None
+        raise UserError(f"{path}: the GGUF cannot be parsed ({type(e).__name__}: {e}); "
+                        "the file is truncated or corrupt") from None
 
     def field(key: str):
         f = reader.fields.get(key)

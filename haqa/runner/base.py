@@ -89,7 +89,8 @@ class Runner(abc.ABC):
     ) -> CommandResult:
         """Run argv on the device, never through a shell that sees unquoted values. stdout is
         captured whole; stdout and stderr lines go to `log_path` (on this machine, redacted of
-        secrets: haqa/secrets.py) and `on_line`; the tail of stderr is kept. On timeout or Ctrl-C the whole process group is killed."""
+        secrets: haqa/secrets.py) and `on_line`; the tail of stderr is kept. On timeout or Ctrl-C the whole
+        process group is killed."""
 
     @abc.abstractmethod
     def put(self, local: Path, remote: PurePath) -> bool:
@@ -148,7 +149,8 @@ class Runner(abc.ABC):
     def cpu_count(self) -> int: ...
 
     @abc.abstractmethod
-    def forward(self, remote_port: int, remote_host: str = "127.0.0.1") -> contextlib.AbstractContextManager[tuple[str, int]]:
+    def forward(self, remote_port: int,
+                remote_host: str = "127.0.0.1") -> contextlib.AbstractContextManager[tuple[str, int]]:
         """A context manager that makes `remote_host:remote_port`, as the device sees it, reachable from
         this machine, and yields the (host, port) to connect to here. Closed on exit."""
 
@@ -167,7 +169,7 @@ class Runner(abc.ABC):
     def describe(self) -> dict:
         return {"runner": self.name, "home": str(self.home)}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a default: a runner that holds nothing has nothing to close
         pass
 
     def dir(self, *parts: str) -> PurePath:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal, Optional, Union
+from typing import Literal
 
 from pydantic import ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
@@ -47,7 +47,7 @@ class Runtime(Knobs):
 
 class LockedTarget(Table):
     name: Name
-    sha256: Optional[Sha256] = None
+    sha256: Sha256 | None = None
     facts: Target
 
 
@@ -69,7 +69,7 @@ class MeasuredOn(Table):
 class LlamaCpp(Table):
     commit: StrictStr
     llama_cpp_python: Text = None
-    source_sha256: Optional[Sha256] = None
+    source_sha256: Sha256 | None = None
     cmake_options: dict[StrictStr, StrictStr] = {}
     toolchain_key: Text = None
 
@@ -85,7 +85,7 @@ class LockedModel(Table):
     sha256: Sha256
     size_bytes: Bytes
     architecture: Text = None
-    n_params: Optional[StrictInt] = None
+    n_params: StrictInt | None = None
 
 
 class Selection(Table):
@@ -93,12 +93,12 @@ class Selection(Table):
     trials: Count
     new_trials: Count
     stop: StrictStr
-    reruns_after_drift: Optional[Count] = None
-    llm_fallbacks: Optional[Count] = None
-    llm_replies: Optional[Count] = None
+    reruns_after_drift: Count | None = None
+    llm_fallbacks: Count | None = None
+    llm_replies: Count | None = None
     space_size: Count
     objective: StrictStr
-    pareto_front: Optional[list[StrictStr]] = None
+    pareto_front: list[StrictStr] | None = None
     rule: StrictStr
     reproduced: Text = None
 
@@ -106,7 +106,7 @@ class Selection(Table):
 class QualityMethod(Table):
     reference: StrictStr
     corpus: StrictStr
-    corpus_sha256: Optional[Sha256] = None
+    corpus_sha256: Sha256 | None = None
     ctx: StrictInt
     chunks: StrictInt
     tool: StrictStr
@@ -114,7 +114,7 @@ class QualityMethod(Table):
 
 class SpeedMethod(Table):
     tool: Text = None
-    repetitions: Optional[StrictInt] = None
+    repetitions: StrictInt | None = None
     rse_target: Num
     max_repetitions: StrictInt
     prefill: StrictStr
@@ -124,14 +124,14 @@ class SpeedMethod(Table):
 class DriftEvent(Table):
     event: StrictStr
     why: Text = None
-    tokens_per_s: Optional[Num] = None
-    change: Optional[Num] = None
-    ok: Optional[StrictBool] = None
+    tokens_per_s: Num | None = None
+    change: Num | None = None
+    ok: StrictBool | None = None
 
 
 class DriftRecord(Table):
     tolerance: Num
-    every: Optional[StrictInt] = None
+    every: StrictInt | None = None
     history: list[DriftEvent]
     basis: Text = None
     disabled: Text = None
@@ -143,7 +143,7 @@ class ReproducedFrom(Table):
 
     lock_sha256: Sha256
     lock_created: StrictStr
-    lock_measured_on: Optional[MeasuredOn] = None
+    lock_measured_on: MeasuredOn | None = None
     weights_match_lock: StrictBool
     decode_ratio_to_lock: Num
     prefill_ratio_to_lock: Num
@@ -158,21 +158,21 @@ class Lock(Table):
     created: StrictStr
     target: LockedTarget
     recipe: LockedRecipe
-    measured_on: Optional[MeasuredOn] = None
+    measured_on: MeasuredOn | None = None
     llama_cpp: LlamaCpp
     source_model: SourceModel
     model: LockedModel
     runtime: Runtime
     selection: Selection
     synthetic: StrictBool = False
-    quality_method: Union[QualityMethod, StrictStr]  # a string where quality was not measured
+    quality_method: QualityMethod | StrictStr  # a string where quality was not measured
     speed_method: SpeedMethod
-    drift_guard: Union[DriftRecord, StrictStr, None] = None  # a string where nothing new was measured
+    drift_guard: DriftRecord | StrictStr | None = None  # a string where nothing new was measured
     metrics: Metrics
     trials: list[TrialRecord]
-    comparison: Optional[Comparison] = None
-    reproduced_from_lock: Optional[ReproducedFrom] = None
-    original_comparison: Optional[Comparison] = None  # the comparison of the lock it was reproduced from
+    comparison: Comparison | None = None
+    reproduced_from_lock: ReproducedFrom | None = None
+    original_comparison: Comparison | None = None  # the comparison of the lock it was reproduced from
     files: dict[StrictStr, Sha256] = {}
 
     model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)

@@ -29,7 +29,8 @@ def read_json(path: Path) -> dict:
     except FileNotFoundError:
         raise UserError(f"no lock file at {path}", hint="pass a bundle folder or its haqa.lock.json") from None
     except IsADirectoryError:
-        raise UserError(f"{path} is a folder, not a lock file", hint="pass a bundle folder or its haqa.lock.json") from None
+        raise UserError(f"{path} is a folder, not a lock file",
+                        hint="pass a bundle folder or its haqa.lock.json") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read it: {e.strerror or e}") from None
     except UnicodeDecodeError as e:

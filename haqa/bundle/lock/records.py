@@ -5,7 +5,7 @@ and the runtime knobs every table of the lock uses (see haqa/bundle/lock/model.p
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -37,11 +37,11 @@ def _finite(v: float) -> float:
 
 
 Quant = Annotated[StrictStr, AfterValidator(_quant)]
-Num = Annotated[Union[StrictInt, StrictFloat], AfterValidator(_finite)]  # an int stays an int
+Num = Annotated[StrictInt | StrictFloat, AfterValidator(_finite)]  # an int stays an int
 Bytes = Annotated[Num, Field(ge=0)]
 Count = Annotated[StrictInt, Field(ge=0)]
 Sha256 = Annotated[StrictStr, Field(pattern=r"^[0-9a-f]{64}$")]
-Text = Optional[StrictStr]
+Text = StrictStr | None
 
 
 class Table(BaseModel):
@@ -62,7 +62,7 @@ class Knobs(BaseModel):
     cache_type_k: Literal[tuple(KV_TYPES)] = "f16"  # type: ignore[valid-type]
     cache_type_v: Literal[tuple(KV_TYPES)] = "f16"  # type: ignore[valid-type]
     flash_attn: Literal["on", "off", "auto"] = "auto"
-    threads_batch: Optional[StrictInt] = Field(default=None, gt=0)
+    threads_batch: StrictInt | None = Field(default=None, gt=0)
     repack: StrictBool = True
     load_mode: Literal["auto", "mmap", "none", "mlock", "mmap+mlock"] = "auto"
     poll: StrictInt = Field(default=50, ge=0, le=100)
@@ -80,10 +80,10 @@ class Throughput(Table):
     depth: Count = 0
     mean: Num
     stddev: Num
-    median: Optional[Num] = None
-    samples: Optional[list[Num]] = None
+    median: Num | None = None
+    samples: list[Num] | None = None
     repetitions: Count
-    rse: Optional[Num] = None
+    rse: Num | None = None
     unit: Text = None
     basis: Text = None
 
@@ -92,11 +92,11 @@ class Bench(Table):
     prefill: Throughput
     decode: Throughput
     build_commit: Text = None
-    threads: Optional[StrictInt] = None
-    model_size_bytes: Optional[Bytes] = None
-    argv: Optional[list[StrictStr]] = None
-    peak_rss_bytes: Optional[Bytes] = None
-    peak_rss_ctx: Optional[StrictInt] = None
+    threads: StrictInt | None = None
+    model_size_bytes: Bytes | None = None
+    argv: list[StrictStr] | None = None
+    peak_rss_bytes: Bytes | None = None
+    peak_rss_ctx: StrictInt | None = None
     peak_rss_basis: Text = None
 
 
@@ -114,14 +114,14 @@ class QualityRecord(Table):
 
     kld_mean: Num
     kld_err: Num
-    kld_p99: Optional[Num] = None
+    kld_p99: Num | None = None
     same_top_p: Num
-    same_top_p_err: Optional[Num] = None
+    same_top_p_err: Num | None = None
     ppl_ratio: Num
-    ppl_ratio_err: Optional[Num] = None
-    ppl: Optional[Num] = None
-    ppl_base: Optional[Num] = None
-    tokens_scored: Optional[StrictInt] = None
+    ppl_ratio_err: Num | None = None
+    ppl: Num | None = None
+    ppl_base: Num | None = None
+    tokens_scored: StrictInt | None = None
     corpus_sha256: Text = None
     reference: Text = None
     basis: Text = None
@@ -135,22 +135,22 @@ class Derived(Table):
 class Predicted(Table):
     """The memory model's prediction for the deployment at its context."""
 
-    weights_bytes: Optional[Bytes] = None
-    kv_bytes: Optional[Bytes] = None
-    compute_bytes: Optional[Bytes] = None
-    overhead_bytes: Optional[Bytes] = None
+    weights_bytes: Bytes | None = None
+    kv_bytes: Bytes | None = None
+    compute_bytes: Bytes | None = None
+    overhead_bytes: Bytes | None = None
     host_bytes: Bytes
     gpu_bytes: Bytes = 0
-    total_bytes: Optional[Bytes] = None
+    total_bytes: Bytes | None = None
     basis: Text = None
 
 
 class Memory(Table):
     deployment_predicted: Predicted
-    bench_predicted_bytes: Optional[Bytes] = None
-    bench_measured_bytes: Optional[Bytes] = None
+    bench_predicted_bytes: Bytes | None = None
+    bench_measured_bytes: Bytes | None = None
     basis: Text = None
-    bench_prediction_error: Optional[Num] = None
+    bench_prediction_error: Num | None = None
 
 
 class TrialRecord(Table):
@@ -160,13 +160,13 @@ class TrialRecord(Table):
     quant: Quant
     config: Knobs
     status: Literal["ok", "failed"]
-    bench: Optional[Bench] = None
-    memory: Optional[dict] = None  # a record only: the chosen one's is typed in Metrics
-    quality: Optional[QualityRecord] = None
-    within_budget: Optional[StrictBool] = None
+    bench: Bench | None = None
+    memory: dict | None = None  # a record only: the chosen one's is typed in Metrics
+    quality: QualityRecord | None = None
+    within_budget: StrictBool | None = None
     budget_note: Text = None
-    time_to_first_token_s: Optional[Derived] = None
-    model_sha256: Optional[Sha256] = None
+    time_to_first_token_s: Derived | None = None
+    model_sha256: Sha256 | None = None
     error: Text = None
     proposer: Text = None
     rationale: Text = None
@@ -193,9 +193,9 @@ class Spread(Table):
     median: Num
     min: Num
     max: Num
-    per_round: Optional[list[Num]] = None
-    repetitions_per_round: Optional[StrictInt] = None
-    rounds: Optional[StrictInt] = None
+    per_round: list[Num] | None = None
+    repetitions_per_round: StrictInt | None = None
+    rounds: StrictInt | None = None
     unit: Text = None
     note: Text = None
     basis: Text = None
@@ -208,13 +208,13 @@ class Contender(Table):
     config: Knobs
     description: StrictStr
     not_measured: Text = None
-    prefill: Optional[Spread] = None
-    decode: Optional[Spread] = None
-    time_to_first_token_s: Optional[Derived] = None
-    peak_rss_bytes: Optional[Bytes] = None
+    prefill: Spread | None = None
+    decode: Spread | None = None
+    time_to_first_token_s: Derived | None = None
+    peak_rss_bytes: Bytes | None = None
     peak_rss_basis: Text = None
     quality_error: Text = None
-    quality: Optional[QualityRecord] = None
+    quality: QualityRecord | None = None
 
     @property
     def measured(self) -> bool:
@@ -232,14 +232,14 @@ class Contender(Table):
 
 
 class PeakRatio(Table):
-    ratio: Optional[Num] = None
+    ratio: Num | None = None
     note: Text = None
 
 
 class Ratios(Table):
     decode: Spread
     prefill: Spread
-    time_to_first_token: Optional[Spread] = None
+    time_to_first_token: Spread | None = None
     peak_rss: PeakRatio
 
 
@@ -248,9 +248,9 @@ class Comparison(Table):
     rounds: Count
     repetitions_per_round: Count
     workload: Workload
-    finalists: Optional[Count] = None
+    finalists: Count | None = None
     contenders: dict[StrictStr, Contender]
-    ratios: dict[StrictStr, Union[Ratios, StrictStr]]  # a string where one side was not measured
+    ratios: dict[StrictStr, Ratios | StrictStr]  # a string where one side was not measured
     created: Text = None
 
 

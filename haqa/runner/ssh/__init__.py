@@ -67,7 +67,8 @@ class SshRunner(Runner):
             self._cpu_count = int(text.split()[0])
         return self._cpu_count
 
-    def forward(self, remote_port: int, remote_host: str = "127.0.0.1") -> contextlib.AbstractContextManager[tuple[str, int]]:
+    def forward(self, remote_port: int,
+                remote_host: str = "127.0.0.1") -> contextlib.AbstractContextManager[tuple[str, int]]:
         return forward(self.connection, remote_port, remote_host)
 
     def put(self, local: Path, remote: PurePath) -> bool:

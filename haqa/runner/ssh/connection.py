@@ -35,7 +35,8 @@ def load_private_key(path: Path) -> paramiko.PKey:
     try:
         return paramiko.PKey.from_path(path, password=passphrase.encode() if passphrase is not None else None)
     except FileNotFoundError:
-        raise UserError(f"[connect].key: no such file: {path}", hint="point it at the private key the device accepts") from None
+        raise UserError(f"[connect].key: no such file: {path}",
+                        hint="point it at the private key the device accepts") from None
     except (paramiko.PasswordRequiredException, TypeError) as e:
         if not isinstance(e, paramiko.PasswordRequiredException) and "password" not in str(e):
             raise UserError(f"[connect].key {path} is not a private key haqa can read ({type(e).__name__})") from None
@@ -159,7 +160,8 @@ class Connection:
         def lost(e: BaseException) -> ConnectionLost:
             self.close()
             return ConnectionLost(f"lost the connection to {self.label} during {what}, {self.policy.attempts} times",
-                                  hint="check the device and the network, then run the same command again: haqa resumes")
+                                  hint="check the device and the network, "
+                                       "then run the same command again: haqa resumes")
 
         return self.policy.run(attempt, connected=self.alive, retry=reconnect, give_up=lost)
 
@@ -223,7 +225,8 @@ class Connection:
                 f"the host key of {hostport} has CHANGED (expected {_fingerprint(e.expected_key)}, "
                 f"got {_fingerprint(e.key)}); refusing to connect",
                 hint=f"if the device was reinstalled, check the new key and remove the old one with "
-                f"`ssh-keygen -f {self.known_hosts} -R '{hostport}'`; otherwise someone may be intercepting the connection",
+                f"`ssh-keygen -f {self.known_hosts} -R '{hostport}'`; "
+                "otherwise someone may be intercepting the connection",
             ) from None
         except paramiko.AuthenticationException as e:
             raise UserError(

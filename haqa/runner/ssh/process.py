@@ -20,8 +20,8 @@ from pathlib import Path, PurePath, PurePosixPath
 from typing import NoReturn
 
 from haqa import ui
-from haqa.fsutil import atomic_write_text
 from haqa.errors import ConnectionLost, UserError
+from haqa.fsutil import atomic_write_text
 from haqa.runner.base import CommandResult
 from haqa.runner.ssh.connection import CHUNK, Connection
 from haqa.runner.ssh.reconnect import TRANSIENT, Dropped, interrupt_in
@@ -189,7 +189,8 @@ class Commands:
                 hint="check the device and the network, then run the same command again: haqa resumes",
             )
 
-        return policy.run(lambda: self._run_once(argv, timeout=timeout, cwd=cwd, env=env, log_path=log_path, on_line=on_line),
+        return policy.run(lambda: self._run_once(argv, timeout=timeout, cwd=cwd, env=env, log_path=log_path,
+                                                 on_line=on_line),
                           connected=self.conn.alive, retry=again, give_up=lost)
 
     def check(self, argv: Sequence[str], what: str) -> str:
@@ -220,7 +221,8 @@ class Commands:
         code = None if timed_out else -output.killed_by if output.killed_by else chan.recv_exit_status()
         chan.close()
         if code == 127 and output.pgid is None:
-            raise UserError(f"'{argv[0]}' could not be started on {self.label}: {' '.join(output.tail) or 'command not found'}")
+            raise UserError(f"'{argv[0]}' could not be started on {self.label}: "
+                            f"{' '.join(output.tail) or 'command not found'}")
         return CommandResult(argv=argv, returncode=code, stdout="".join(output.out), stderr_tail="\n".join(output.tail),
                              duration_s=time.monotonic() - start, timed_out=timed_out, log_path=log_path)
 
@@ -256,7 +258,8 @@ class Commands:
                     if chan.recv_stderr_ready():
                         output.feed("err", chan.recv_stderr(CHUNK))
                 if chan.exit_status == -1 and self.conn.ending():
-                    self._cut_off(output, start)  # paramiko marks a channel done when its connection goes, with no status
+                    # paramiko marks a channel done when its connection goes, with no status
+                    self._cut_off(output, start)
                 return False
             if deadline and time.monotonic() > deadline:
                 return True

@@ -73,7 +73,7 @@ class Transfer:
             return self.conn.sftp().stat(str(remote))
         except FileNotFoundError:
             return None
-        except IOError as e:
+        except OSError as e:
             if getattr(e, "errno", None) == 2:
                 return None
             raise
@@ -96,7 +96,7 @@ class Transfer:
             for p in reversed(missing):
                 try:
                     sftp.mkdir(str(p), mode=PRIVATE_DIR)
-                except IOError:
+                except OSError:
                     if self.stat(p) is None:
                         raise
 
@@ -164,8 +164,8 @@ class Transfer:
         raise DiskFull(self.label, remote, needed=size, free=free + written, what=what) from None
 
     def _sha256_now(self, remote: PurePath) -> str:
-        text = self.commands.check(["sh", "-c", 'sha256sum "$1" 2>/dev/null || shasum -a 256 "$1"', "haqa", str(remote)],
-                                   f"hashing {remote}")
+        text = self.commands.check(["sh", "-c", 'sha256sum "$1" 2>/dev/null || shasum -a 256 "$1"', "haqa",
+                                    str(remote)], f"hashing {remote}")
         return text.split()[0]
 
     def sha256(self, remote: PurePath) -> str:
@@ -207,7 +207,8 @@ class Transfer:
                     self.conn.retrying(f"the upload of {local.name}", lambda: self._send(local, part, size, bar))
                 except OSError as e:
                     self._raise_if_disk_full(e, part, remote, size, f"the upload of {local.name}")
-                    raise UserError(f"uploading {local} to {self.label}:{remote} failed: {type(e).__name__}: {e}") from None
+                    raise UserError(f"uploading {local} to {self.label}:{remote} failed: "
+                                    f"{type(e).__name__}: {e}") from None
                 got = self._sha256_now(part)
                 if got == digest:
                     break
@@ -215,7 +216,8 @@ class Transfer:
             else:
                 raise UserError(f"uploading {local} to {self.label}:{remote} produced a different file twice")
         self.move(part, remote)
-        self.write_text(PurePosixPath(f"{remote}.sha256.json"), json.dumps({"stamp": _stamp(self.stat(remote)), "value": digest}))
+        self.write_text(PurePosixPath(f"{remote}.sha256.json"),
+                        json.dumps({"stamp": _stamp(self.stat(remote)), "value": digest}))
         return True
 
     def _send(self, local: Path, part: PurePosixPath, size: int, bar) -> None:
