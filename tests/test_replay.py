@@ -276,3 +276,19 @@ def test_replayed_searches_are_cached_by_content(land, tmp_path):
     assert [r.names for r in again["tpe"].runs] == [r.names for r in first["tpe"].runs]
     rp.run_all(land, ["tpe"], seeds=2, budget=7, cache=cache)  # another budget: replayed, kept apart
     assert len(list(tmp_path.glob("*.json"))) == 4
+
+
+def test_a_gpu_target_grid_is_pruned_by_gpu_memory_too(tmp_path):
+    """The landscape asks the deploy's memory gate: on a discrete GPU too small for every layer of the
+    model, the points offloading the most layers are pruned for GPU memory, with host RAM to spare."""
+    from haqa.benchmarks import landscape as ls
+    from tests.conftest import REPO
+
+    text = (REPO / "targets" / "h100-sxm-80gb.toml").read_text()
+    small = tmp_path / "h100-sxm-80gb.toml"
+    small.write_text(text.replace("memory_gib = 79.6", "memory_gib = 0.52", 1))
+    data = ls.measure(str(small), "synth-tiny", tmp_path / "plan.json", plan_only=True)
+    pruned = [p for p in data["points"] if p["status"] == "pruned"]
+    assert pruned and all("GPU memory" in p["error"] for p in pruned)
+    kept = [p for p in data["points"] if p["status"] == "pending"]
+    assert kept and min(p["values"]["n_gpu_layers"] for p in kept) < min(p["values"]["n_gpu_layers"] for p in pruned)

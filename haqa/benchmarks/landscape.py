@@ -2,7 +2,7 @@
 measured for one (recipe, target).
 
 Every point is measured with the functions a deploy uses: llama-quantize (cached), llama-bench under
-haqa.pipeline.SPEED_POLICY, and llama-perplexity KLD against the cached reference logits. Quality
+haqa.agent.trials.SPEED_POLICY, and llama-perplexity KLD against the cached reference logits. Quality
 depends only on (quant, KV type), so it is measured once per pair; synthetic models get none (the
 quality budget cannot apply to random weights).
 
@@ -26,8 +26,9 @@ import time
 from pathlib import Path
 
 from haqa import __version__, ui
+from haqa.agent.facts import prompt_facts
 from haqa.benchmarks.landscape_file import KIND, MEASURED, SCHEMA, read_for_resume
-from haqa.benchmarks.landscape_grid import Grid, plan_grid, prompt_facts
+from haqa.benchmarks.landscape_grid import Grid, plan_grid
 from haqa.benchmarks.landscape_session import REPEAT_TOP, Options, Session, Subject, now
 from haqa.config import find_file, fingerprint, load_recipe, load_target
 

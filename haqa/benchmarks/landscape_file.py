@@ -1,5 +1,5 @@
 """The landscape file format: its kind and schema, a point's identity, reading and writing a file,
-and `Landscape`, a file's points read as the pipeline's Trials and Observations.
+and `Landscape`, a file's points read as the search's Trials and Observations (haqa.agent.search).
 
 A landscape file is written by haqa.benchmarks.landscape (measuring) and read by
 haqa.benchmarks.replay (replaying proposers) and haqa.benchmarks.search_report (the tables).
@@ -11,9 +11,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from haqa.agent import objective as obj
 from haqa.agent.proposers import Observation
-from haqa.agent.select import Trial, within_budget
+from haqa.agent.search import observation
+from haqa.agent.select import Trial
 from haqa.agent.space import KNOBS, Candidate, SearchSpace
 from haqa.config.schema import Objective
 from haqa.config.schema import Quality as QualityBudget
@@ -54,19 +54,6 @@ def read_for_resume(path: Path, grid_key: str) -> dict | None:
         raise UserError(f"{path} holds another landscape (another grid, recipe, target, model or llama.cpp build)",
                         hint="pass --fresh to measure it again from the start, or choose another --out")
     return old
-
-
-def observation(cand: Candidate, trial: Trial, *, budget: QualityBudget, objective: Objective, prompt_tokens: int,
-                synthetic: bool) -> Observation:
-    """What a proposer sees of a finished trial: the pipeline's rule (haqa/pipeline.py, `observation`
-    inside `_deploy_on`), as a function the pipeline can call too."""
-    if not trial.ok:
-        return Observation(cand, False, cause=trial.cause)
-    ok, _ = within_budget(trial, budget, synthetic=synthetic)
-    return Observation(cand, True, decode=trial.bench.decode.mean, prefill=trial.bench.prefill.mean,
-                       kld=trial.quality.kld_mean if trial.quality else None, within_budget=ok,
-                       score=obj.score(trial.bench, objective, prompt_tokens) if ok else None,
-                       noise=obj.noise(trial.bench, objective))
 
 
 class Landscape:

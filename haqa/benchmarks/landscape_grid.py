@@ -1,7 +1,7 @@
-"""A landscape's grid: the pipeline's own SearchSpace (haqa.agent.space.build_space, with the memory
-model's pruning) restricted to a few values per knob, quant x threads x ubatch x flash attention x
-KV type x repack (x GPU layers when the target has a GPU), and what the memory model predicts for
-its quants (the pruning, and the LLM proposer's facts)."""
+"""A landscape's grid: the deploy's own SearchSpace (haqa.agent.space.build_space, pruned by the
+deploy's memory gate, haqa.model.budget.MemoryGate: host RAM and, on a GPU target, GPU memory)
+restricted to a few values per knob: quant x threads x ubatch x flash attention x KV type x repack
+(x GPU layers when the target has a GPU)."""
 
 from __future__ import annotations
 
@@ -34,27 +34,12 @@ class Grid:
 
 
 def plan_grid(target, recipe, model, source_facts, *, quick: bool, overrides: tuple[str, ...]) -> Grid:
-    """The reduced grid with the pipeline's memory-model pruning (points over budget are kept as 'pruned')."""
-    from haqa.model import memory
-    from haqa.model.budget import predicted_peak
+    """The reduced grid with the deploy's memory gate (points over a budget are kept as 'pruned')."""
+    from haqa.model.budget import MemoryGate, model_shapes
 
     hw = target.hardware
-    budget_bytes = (hw.ram_gib - target.limits.memory_headroom_gib) * 2**30
-    shapes: dict[str, memory.ModelShape] = {}
-
-    def shape_for(quant: str) -> memory.ModelShape:  # as the pipeline predicts it
-        if quant not in shapes:
-            shapes[quant] = (memory.ModelShape.from_gguf(model.path) if quant == source_facts.file_type
-                             else memory.estimate_quantized(model.path, quant))
-        return shapes[quant]
-
-    def fits(cand: Candidate) -> tuple[bool, str]:  # the pipeline's memory-model pruning
-        need = predicted_peak(target, shape_for(cand.quant), cand.config, tokens=cand.config.ctx_size)
-        if need.host > budget_bytes:
-            return False, (f"the memory model predicts {need.host / 2**30:.2f} GiB for {cand.quant} with KV "
-                           f"{cand.config.cache_type_k}, over the {budget_bytes / 2**30:.2f} GiB budget")
-        return True, "fits"
-
+    shape_for = model_shapes(model.path, source_facts.file_type)
+    fits = MemoryGate(target, shape_for)  # the deploy's gate: host RAM, and GPU memory on a GPU target
     label = f"{recipe.name}@{target.name}"
     kv_types = list(dict.fromkeys([*recipe.quality.kv_types, *LANDSCAPE_KV]))
     wide = recipe.model_copy(update={"quality": recipe.quality.model_copy(update={"kv_types": kv_types})})
@@ -134,32 +119,3 @@ def parse_overrides(items: tuple[str, ...], full: dict[str, list]) -> dict[str, 
             values.append(by_text[t])
         out[knob] = values
     return out
-
-
-def prompt_facts(target, recipe, source_facts, quants, shape_for, base) -> dict:
-    """The LLM proposer's static facts, computed as haqa.pipeline._make_proposer computes them."""
-    from haqa.agent import objective as obj
-    from haqa.model import memory
-    from haqa.model.budget import predicted_peak
-
-    hw = target.hardware
-    bandwidth = hw.gpu.mem_bandwidth_gbs if hw.gpu.kind != "none" and hw.gpu.mem_bandwidth_gbs else hw.mem_bandwidth_gbs
-    predictions = {}
-    for q in quants:
-        shape = shape_for(q)
-        est = predicted_peak(target, shape, base, tokens=base.ctx_size)
-        predictions[q] = {"predicted_peak_mib": round(est.total / 2**20),
-                          "weights_read_per_token_mib": round(shape.tensor_bytes / 2**20),
-                          "roofline_decode_tps": round(memory.roofline_decode_tps(shape, bandwidth, n_ctx=base.ctx_size), 1)
-                          if bandwidth else None}
-    return {
-        "device": {"name": target.name, "os": target.os, **hw.model_dump(mode="json")},
-        "model": {"architecture": source_facts.architecture, "name": source_facts.name,
-                  "parameters": source_facts.n_params, "layers": source_facts.n_layers,
-                  "source_type": source_facts.file_type, "synthetic": source_facts.synthetic},
-        "objective": obj.describe(recipe.objective, recipe.workload.prompt_tokens),
-        "constraints": {"max_kld": recipe.quality.max_kld, "max_ppl_ratio": recipe.quality.max_ppl_ratio,
-                        "min_context": recipe.workload.min_context,
-                        "memory_budget_gib": round(hw.ram_gib - target.limits.memory_headroom_gib, 2)},
-        "predictions": predictions,
-    }

@@ -1,12 +1,12 @@
 """Replay proposers against measured landscapes, at equal trial budgets.
 
 A landscape (haqa.benchmarks.landscape) holds a measurement for every point of a reduced search
-space. The replay runs the live search loop on that reduced space with a lookup in place of the
-device: suggest(history) -> the stored measurement of that point -> an Observation built exactly as
-the pipeline builds it (select.within_budget, objective.score and objective.noise) -> observe().
-The proposers are the live agent's own classes (haqa.agent.proposers, haqa.agent.llm,
-haqa.agent.tpe), constructed as haqa.pipeline constructs them, on the landscape's space (the memory
-model's pruned points stay refused), so a proposer can never name a point the landscape lacks.
+space. The replay runs the deploy's own search (haqa.agent.search.Search) on that reduced space with
+a lookup in place of the device: suggest(history) -> the stored measurement of that point -> an
+Observation by the search's one rule (search.observation) -> observe(). The proposers are the live
+agent's own classes (haqa.agent.registry, haqa.agent.llm), made as a deploy makes them, on the
+landscape's space (the memory model's pruned points stay refused), so a proposer can never name a
+point the landscape lacks.
 
 Metrics per proposer and landscape: the number of measured trials until one is within 95 % of the
 best feasible stored point (feasible: measured, and within the quality budget), over seeds; and the
@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from haqa.agent import objective as obj
-from haqa.agent.proposers import GridProposer, HeuristicProposer, Observation, Proposer, RandomProposer
+from haqa.agent.proposers import HeuristicProposer, Proposer
+from haqa.agent.registry import BASELINES, BENCH_PROPOSERS, DETERMINISTIC, baseline
 from haqa.agent.space import SearchSpace
 from haqa.benchmarks.landscape_file import Landscape, values_name
 from haqa.errors import UserError
 
-PROPOSERS = ["heuristic", "llm", "random", "grid", "tpe"]
-DETERMINISTIC = {"heuristic", "grid"}  # seeds do not change them: replayed once
+PROPOSERS = list(BENCH_PROPOSERS)  # DETERMINISTIC ones (seeds do not change them) are replayed once
 BUDGETS = (5, 10, 20)
 REACH = 0.95
 
@@ -82,33 +82,34 @@ class Run:
 
 def replay(land: Landscape, proposer: Proposer, *, budget: int = 20, seed: int = 0, patience: int | None = None,
            max_trials: int | None = None) -> Run:
-    """The live search loop (haqa.pipeline._deploy_on) with the landscape in place of the device.
+    """The live search (haqa.agent.search.Search) with the landscape's stored measurements in place of
+    the device.
 
-    It runs to `budget` trials (or until the proposer has nothing left); the pipeline's stopping rule
+    It runs to `budget` trials (or until the proposer has nothing left); the deploy's stopping rule
     (max_trials, patience beyond the noise) is evaluated alongside and recorded, not applied."""
-    search = land.data["recipe"]["search"]
-    patience = patience or int(search.get("patience", 4))
-    max_trials = max_trials or int(search.get("max_trials", 8))
-    run = Run(proposer=proposer.name, seed=seed)
-    from haqa.agent.search import staleness
+    from haqa.agent.search import Search, StopRule, observation
 
-    history: list[Observation] = []
+    rules = land.data["recipe"]["search"]
+    watch = StopRule(max_trials=max_trials or int(rules.get("max_trials", 8)),
+                     patience=patience or int(rules.get("patience", 4)))
+    # Only the budget stops a replay: with `budget` trials at most, neither a count nor patience can reach it first.
+    stop = StopRule(max_trials=budget, patience=budget, max_new=budget)
+    run = Run(proposer=proposer.name, seed=seed)
+
+    def measured(finished) -> None:
+        run.scores.append(search.history[-1].score)
+        run.names.append(finished.candidate.name)
+        run.points.append(land.index(finished.candidate))
+
+    search = Search(proposer=proposer, measure=lambda cand: land.trial(land.point(cand), cand),
+                    observe=lambda cand, trial: observation(cand, trial, budget=land.budget,
+                                                            objective=land.objective,
+                                                            prompt_tokens=land.prompt_tokens,
+                                                            synthetic=land.synthetic),
+                    stop=stop, watch=watch, on_trial=measured)
     started = time.monotonic()
-    while len(run.scores) < budget:
-        proposal = proposer.suggest(history)
-        if proposal is None:
-            run.stop = "the proposer has nothing left to try"
-            break
-        cand = proposal.candidate
-        o = land.observe(cand)
-        history = [h for h in history if h.candidate.key != cand.key] + [o]
-        proposer.observe(o)
-        run.scores.append(o.score)
-        run.names.append(cand.name)
-        run.points.append(land.index(cand))
-        # the pipeline's stopping rule: the trial budget, or patience without progress beyond the noise
-        if run.live_stop is None and (len(run.scores) >= max_trials or staleness(history) >= patience):
-            run.live_stop = len(run.scores)
+    run.stop = search.run()
+    run.live_stop = search.watch_stopped_at
     run.seconds = time.monotonic() - started
     run.fallbacks = getattr(proposer, "fallbacks", 0)
     run.replies = getattr(proposer, "replies", 0)
@@ -116,18 +117,10 @@ def replay(land: Landscape, proposer: Proposer, *, budget: int = 20, seed: int =
 
 
 def make_proposer(name: str, land: Landscape, space: SearchSpace, seed: int, backend=None) -> Proposer:
-    """The live agent's proposers, constructed as haqa.pipeline._make_proposer constructs them."""
+    """The live agent's proposers (haqa.agent.registry), made as a deploy makes them."""
     heuristic = HeuristicProposer(space, land.weight_bytes)
-    if name == "heuristic":
-        return heuristic
-    if name == "grid":
-        return GridProposer(space)
-    if name == "random":
-        return RandomProposer(space, seed=seed)
-    if name == "tpe":
-        from haqa.agent.tpe import TPEProposer
-
-        return TPEProposer(space, seed=seed)
+    if name in BASELINES:
+        return baseline(name, space, heuristic, seed=seed)
     if name == "llm":
         from haqa.agent.llm import LLMProposer, PromptFacts
 

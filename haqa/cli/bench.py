@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 
+from haqa.agent.registry import BENCH_PROPOSERS
 from haqa.benchmarks import document
 from haqa.benchmarks.document import LANDSCAPES, LLM_SEEDS
 
@@ -77,7 +78,7 @@ def landscape(target: str, recipe: str, out: Path | None, quick: bool, overrides
               help="seeds for the LLM proposer (about 5 to 12 minutes each per landscape on 2 cores: the embedded "
                    "model answers in seconds, not milliseconds)")
 @click.option("--budget", type=click.IntRange(1), default=20, show_default=True, help="trials per replayed search")
-@click.option("--proposer", "proposers", multiple=True, type=click.Choice(["heuristic", "llm", "random", "grid", "tpe"]),
+@click.option("--proposer", "proposers", multiple=True, type=click.Choice(BENCH_PROPOSERS),
               help="only these (repeatable); default: all")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the section here")
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
