@@ -21,8 +21,8 @@ from haqa.agent.proposers import Observation
 from haqa.agent.space import Rejected, SearchSpace, build_space
 from haqa.agent.tpe import INFEASIBLE, TPEProposer
 from haqa.benchmarks import replay as rp
-from haqa.benchmarks.landscape_grid import plan_points, reduced_dims
 from haqa.benchmarks.landscape_file import values_key
+from haqa.benchmarks.landscape_grid import plan_points, reduced_dims
 from haqa.config import load_recipe, load_target
 
 DATA = Path(__file__).parent / "data" / "landscape-small.json"

@@ -33,7 +33,6 @@ from haqa.benchmarks.landscape_session import REPEAT_TOP, Options, Session, Subj
 from haqa.config import find_file, fingerprint, load_recipe, load_target
 
 
-
 def measure(target_name: str, recipe_name: str, out: Path, *, quick: bool = False, overrides: tuple[str, ...] = (),
             seed: int = 0, fresh: bool = False, max_minutes: float | None = None, limit: int | None = None,
             jobs: int | None = None, repeat_top: int = REPEAT_TOP, plan_only: bool = False,

@@ -81,7 +81,7 @@ class Landscape:
         return self._index[values_key(cand.values())]
 
     @classmethod
-    def load(cls, path: Path) -> "Landscape":
+    def load(cls, path: Path) -> Landscape:
         try:
             return cls(json.loads(Path(path).read_text()), Path(path))
         except (OSError, ValueError) as e:

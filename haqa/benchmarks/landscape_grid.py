@@ -6,10 +6,10 @@ restricted to a few values per knob: quant x threads x ubatch x flash attention 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from haqa.agent.space import Candidate, Rejected, SearchSpace, build_space
+from haqa.agent.space import Rejected, SearchSpace, build_space
 from haqa.errors import UserError
 
 LANDSCAPE_KV = ["f16", "q8_0"]  # the grid adds q8_0 to the recipe's KV types: it is a real knob

@@ -108,8 +108,8 @@ class Session:
 
     def measure_quality(self, reference_threads: int, settings) -> None:
         """Quality: once per (quant, KV type) that some measurable point uses."""
-        from haqa.measure.quality import measure_quality, reference_logits
         from haqa.errors import failure_cause
+        from haqa.measure.quality import measure_quality, reference_logits
 
         if self.synthetic:
             return
@@ -189,9 +189,9 @@ class Session:
 
     def _bench_point(self, p: dict) -> None:
         """llama-bench of one point (a point whose quality failed fails without it)."""
-        from haqa.measure.bench import run_bench
         from haqa.agent.trials import SPEED_POLICY
         from haqa.errors import failure_cause
+        from haqa.measure.bench import run_bench
 
         cand = self.space.make(p["values"])
         q = None if self.synthetic else self.data["quality"].get(f"{cand.quant}|{cand.config.cache_type_k}")
@@ -244,9 +244,9 @@ class Session:
 
     def repeat_best(self) -> None:
         """The best feasible points once more: how much of a "best" is noise."""
-        from haqa.measure.bench import run_bench
         from haqa.agent.trials import SPEED_POLICY
         from haqa.errors import failure_cause
+        from haqa.measure.bench import run_bench
 
         data, load = self.data, self.load
         land = Landscape(data, self.out)

@@ -62,7 +62,7 @@ class Run:
                 "replies": self.replies}
 
     @classmethod
-    def from_dict(cls, proposer: str, d: dict, land: Landscape) -> "Run":
+    def from_dict(cls, proposer: str, d: dict, land: Landscape) -> Run:
         """A run from a replay data file (names rebuilt from the landscape's points)."""
         return cls(proposer=proposer, seed=d["seed"], scores=list(d["scores"]), points=list(d["points"]),
                    names=[values_name(land.data["points"][i]["values"]) for i in d["points"]], stop=d["stop"],
@@ -220,8 +220,8 @@ def code_version() -> str:
     import inspect
     from importlib import metadata
 
-    from haqa.agent import search as search_module
     from haqa.agent import llm, proposers, select, space, tpe
+    from haqa.agent import search as search_module
     from haqa.benchmarks import landscape_file
 
     h = hashlib.sha256()

@@ -14,6 +14,7 @@ from haqa.agent import objective as obj
 from haqa.benchmarks.landscape_file import Landscape
 from haqa.benchmarks.replay import DETERMINISTIC, REACH, Summary, median, ratio
 
+
 def _fmt_trials(x: float) -> str:
     return "not reached" if math.isinf(x) else f"{x:g}"
 

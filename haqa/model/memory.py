@@ -53,7 +53,7 @@ class ModelShape:
     matrices: tuple[tuple[str, str, int, int], ...] = ()  # (name, ggml type, bytes, rows) of 2-D weights
 
     @classmethod
-    def from_gguf(cls, path: Path) -> "ModelShape":
+    def from_gguf(cls, path: Path) -> ModelShape:
         d = memo_beside(Path(path), ".shape-v2.json", lambda p: asdict(_read_shape(p)))
         return cls(**{**d, "matrices": tuple(tuple(m) for m in d["matrices"])})
 
@@ -134,7 +134,7 @@ class Calibration:
     fitted_on: str = "uncalibrated"
 
     @classmethod
-    def load(cls) -> "Calibration":
+    def load(cls) -> Calibration:
         return _load_calibration()
 
 
