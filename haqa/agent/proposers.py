@@ -44,7 +44,7 @@ class Proposer(abc.ABC):
     def suggest(self, history: list[Observation]) -> Proposal | None:
         """The next candidate to measure, or None when this proposer has nothing left to try."""
 
-    def observe(self, obs: Observation) -> None:
+    def observe(self, obs: Observation) -> None:  # noqa: B027 - a default: most proposers learn nothing from a result
         pass
 
     def _untried(self, history: list[Observation]):
@@ -119,7 +119,8 @@ class HeuristicProposer(Proposer):
         over_budget_bytes = [self.weight_bytes.get(o.candidate.quant, 0) for o in ok if not o.within_budget
                              and o.candidate.config.cache_type_k == "f16"]
         # efficiency: measured decode / (1 / bytes) -> a per-byte constant for this device
-        eff = [o.decode * self.weight_bytes[o.candidate.quant] for o in ok if o.decode and o.candidate.quant in self.weight_bytes]
+        eff = [o.decode * self.weight_bytes[o.candidate.quant] for o in ok
+               if o.decode and o.candidate.quant in self.weight_bytes]
         k = max(eff) if eff else None
         defaults = self.space.default_values()
         for quant in self._quant_order():
@@ -156,7 +157,8 @@ class HeuristicProposer(Proposer):
                         continue
                     if self.space.valid(cand) and untried(cand):
                         where = "the best so far" if rank == 0 else (
-                            f"number {rank + 1} of the measured candidates (the better ones' neighbours are all measured)")
+                            f"number {rank + 1} of the measured candidates "
+                            "(the better ones' neighbours are all measured)")
                         return Proposal(cand, f"from {where} ({around.candidate.quant}, {around.decode:.1f} tok/s), "
                                               f"try {knob}={value}", self.name)
         return None

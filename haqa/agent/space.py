@@ -35,7 +35,9 @@ class Candidate:
 
     @property
     def key(self) -> str:
-        return hashlib.sha256(json.dumps({"quant": self.quant, **self.config.as_dict()}, sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(
+            json.dumps({"quant": self.quant, **self.config.as_dict()}, sort_keys=True).encode()
+        ).hexdigest()[:16]
 
     @property
     def name(self) -> str:
@@ -107,7 +109,7 @@ class SearchSpace:
         knobs = list(self.dims)
         for combo in itertools.product(*(self.dims[k] for k in knobs)):
             try:
-                cand = self.make(dict(zip(knobs, combo)))
+                cand = self.make(dict(zip(knobs, combo, strict=True)))
             except Rejected:
                 continue
             if self.valid(cand):

@@ -138,7 +138,7 @@ def replayed_text(path: Path) -> str:
 
     data = json.loads(path.read_text())
     results = []
-    for label, entry in data["landscapes"].items():
+    for _label, entry in data["landscapes"].items():
         land = rp.Landscape.load(Path(entry["file"]))
         best, _ = land.best()
         results.append((land, {n: rp.Summary(n, [rp.Run.from_dict(n, r, land) for r in runs], best)

@@ -90,7 +90,7 @@ def plan_points(dims: dict[str, list], ctx_size: int, fits) -> list[dict]:
     structural = SearchSpace(dims=dims, ctx_size=ctx_size)  # the constraints without the memory model
     points = []
     for combo in itertools.product(*(dims[k] for k in dims)):
-        cand = structural.make(dict(zip(dims, combo)))
+        cand = structural.make(dict(zip(dims, combo, strict=True)))
         try:
             structural.check(cand)
         except Rejected:

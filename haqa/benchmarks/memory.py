@@ -169,7 +169,8 @@ def report(rows: list[dict], cal: memory.Calibration) -> tuple[str, dict]:
         lines.append(f"| {r['model']} | {r['config']} | {r['measured_bytes'] / MIB:.1f} | {pred / MIB:.1f} | "
                      f"{err * 100:+.1f} % | {nerr * 100:+.1f} % | {subset} |")
     every = errors["fit"] + errors["held out"]
-    summary = {k: {"n": len(v), "median_abs_error": statistics.median(v) if v else None, "max_abs_error": max(v) if v else None}
+    summary = {k: {"n": len(v), "median_abs_error": statistics.median(v) if v else None,
+                   "max_abs_error": max(v) if v else None}
                for k, v in {**errors, "all": every}.items()}
     lines.append("")
     lines.append(f"- rule of thumb (weights file + full KV cache): median |error| "

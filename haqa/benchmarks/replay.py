@@ -189,7 +189,7 @@ class Summary:
         """Median trials and median best-found ratio where the pipeline's stopping rule would stop."""
         stops = [r.live_stop or len(r.scores) for r in self.runs]
         return median([float(s) for s in stops]), median([ratio(r.best_after(s), self.best)
-                                                           for r, s in zip(self.runs, stops)])
+                                                           for r, s in zip(self.runs, stops, strict=True)])
 
 
 def median(xs: list[float]) -> float:

@@ -89,7 +89,8 @@ def landscape_table(land: Landscape, summaries: dict[str, Summary], budget: int)
     if f["median_decode_rse"] is not None:
         noise.append(f"median relative standard error of a point's decode mean {f['median_decode_rse'] * 100:.1f} %")
     if f["anchor_max_change"] is not None:
-        noise.append(f"drift guard anchor: {f['anchor_checks']} checks, largest change {f['anchor_max_change'] * 100:.1f} %"
+        noise.append(f"drift guard anchor: {f['anchor_checks']} checks, "
+                     f"largest change {f['anchor_max_change'] * 100:.1f} %"
                      f" ({f['anchor_drifts']} over the 10 % tolerance, whose points were measured again)")
     if f["remeasured_moves"]:
         mv = sorted(f["remeasured_moves"])
@@ -211,7 +212,8 @@ def search_report(results: list[tuple[Landscape, dict[str, Summary]]], *, seeds:
     if any("llm" in s for _, s in results):
         model = getattr(backend, "model", "the embedded model")
         seeds_line += (f"; llm: {llm_seeds} seeds only (its sampling is seeded; each reply of {model} takes "
-                       f"seconds on this machine's cores, so 20 seeds x {budget} trials x every landscape would take hours)")
+                       f"seconds on this machine's cores, so 20 seeds x {budget} trials x every landscape "
+                       "would take hours)")
     parts.append(seeds_line + ".")
     if quick:
         parts.append("**Quick mode**: 3 seeds and no LLM; this checks the harness, not the figures.")
@@ -226,7 +228,8 @@ def search_report(results: list[tuple[Landscape, dict[str, Summary]]], *, seeds:
             steps = sum(len(r.scores) for r in runs)
             fb = sum(r.fallbacks for r in runs)
             replies = sum(r.replies for r in runs)
-            parts.append(f"\nllm: {replies} replies asked for over {steps} steps; {fb} steps ({fb / max(steps, 1):.0%}) "
+            parts.append(f"\nllm: {replies} replies asked for over {steps} steps; "
+                         f"{fb} steps ({fb / max(steps, 1):.0%}) "
                          f"went to the heuristic after {3} refused replies in a row.")
         if "tpe" in sums:
             fb = sum(r.fallbacks for r in sums["tpe"].runs)

@@ -103,7 +103,8 @@ def roofline_table(locks: list[Lock], bandwidth: dict, gpu: bool = False) -> str
     lines = [f"Bandwidth: {bw['median_gbs']} GB/s median ({bw['min_gbs']}..{bw['best_gbs']}) over {bw['repeats']} "
              f"copies of {bw['bytes_per_copy'] / 2**30:g} GiB, {bw['method']}, {bw['counted']} "
              "(haqa/benchmarks/bandwidth.py).", "",
-             "| model | tuned | bytes read per token (predicted) | roofline bound tok/s | tuned decode tok/s (measured) | fraction |",
+             "| model | tuned | bytes read per token (predicted) | roofline bound tok/s "
+             "| tuned decode tok/s (measured) | fraction |",
              "|---|---|---|---|---|---|"]
     for lock in locks:
         r = roofline(lock, bw["median_gbs"])
@@ -146,11 +147,14 @@ def gpu_landscape_note(landscape_file: Path, bandwidth_file: Path) -> str | None
     bound = bw["median_gbs"] * 1e9 / per_token
     gpu = land.data["target"]["facts"]["hardware"]["gpu"]
     return (f"A second GPU machine, {gpu['name']} ({land.data['target']['name']}), was measured for the search "
-            f"benchmark only: the landscape {land.label} ({len(land.data['points'])} points: quant x GPU layers x flash "
-            f"attention x KV type, {land.data['wall_s'] / 60:.1f} min, {land.data['created'][:10]}; replayed in the search "
+            f"benchmark only: the landscape {land.label} ({len(land.data['points'])} points: "
+            "quant x GPU layers x flash "
+            f"attention x KV type, {land.data['wall_s'] / 60:.1f} min, {land.data['created'][:10]}; "
+            "replayed in the search "
             f"section above; run log in {bandwidth_file.parent}/run.log). Its fastest point, {v['quant']} with "
             f"{v['n_gpu_layers']} GPU layers, flash attention {v['flash_attn']}, KV {v['kv_type']}, decodes "
-            f"{decode['mean']:.1f} ± {decode['stddev']:.1f} tok/s (n={decode['repetitions']}): {decode['mean'] / bound:.0%} of "
+            f"{decode['mean']:.1f} ± {decode['stddev']:.1f} tok/s (n={decode['repetitions']}): "
+            f"{decode['mean'] / bound:.0%} of "
             f"the roofline {bound:.0f} tok/s set by the GPU's measured copy bandwidth, {bw['median_gbs']:g} GB/s "
             f"(median of {bw['repeats']}; the datasheet says {gpu['mem_bandwidth_gbs']:g} GB/s), over "
             f"{per_token / 2**30:.2f} GiB of weights read per token (predicted by the memory model).")

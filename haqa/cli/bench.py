@@ -18,7 +18,8 @@ def bench() -> None:
 @click.option("--quick", is_flag=True, help="a two-configuration grid: checks the harness, not the model")
 @click.option("--refit", is_flag=True, help="refit the memory model's calibration on this grid")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the section here")
-@click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the measured grid (JSON)")
+@click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="write the measured grid (JSON)")
 def memory(quick: bool, refit: bool, out: Path | None, data: Path | None) -> None:
     """Predicted peak memory against measured peak RSS over a grid of llama-bench runs."""
     _emit(document.memory_section(quick=quick, refit=refit, data_out=data), out)
@@ -35,7 +36,8 @@ def memory(quick: bool, refit: bool, out: Path | None, data: Path | None) -> Non
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the shuffled measuring order")
 @click.option("--fresh", is_flag=True, help="measure again from the start instead of resuming --out")
 @click.option("--max-minutes", type=float, default=None, help="stop after this long (resume later)")
-@click.option("--limit", type=click.IntRange(1), default=None, help="measure at most this many points now (resume later)")
+@click.option("--limit", type=click.IntRange(1), default=None,
+              help="measure at most this many points now (resume later)")
 @click.option("--jobs", type=int, default=None, help="parallel jobs for a llama.cpp build")
 @click.option("--plan", "plan_only", is_flag=True, help="print the grid and its size; measure nothing")
 def landscape(target: str, recipe: str, out: Path | None, quick: bool, overrides: tuple[str, ...], seed: int,
@@ -109,8 +111,10 @@ def tuned_cmd(quick: bool, recipes: tuple[str, ...], data_dir: Path, out: Path |
 
 @bench.command("all")
 @click.option("--quick", is_flag=True, help="small grids: checks the harness, not the figures")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("docs/BENCHMARKS.md"), show_default=True)
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("docs/data"), show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("docs/BENCHMARKS.md"),
+              show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("docs/data"),
+              show_default=True)
 @click.option("--landscapes", type=click.Path(file_okay=False, path_type=Path), default=LANDSCAPES, show_default=True,
               help="measured landscapes to replay the search against (read only)")
 @click.option("--llm-seeds", type=click.IntRange(0), default=LLM_SEEDS, show_default=True,

@@ -9,7 +9,8 @@ from haqa.agent.registry import AGENTS
 
 @click.command()
 @click.option("--target", "-t", "target_name", default="local", show_default=True, help="target name or .toml path")
-@click.option("--recipe", "-r", "recipe_name", default="smollm2-135m", show_default=True, help="recipe name or .toml path")
+@click.option("--recipe", "-r", "recipe_name", default="smollm2-135m", show_default=True,
+              help="recipe name or .toml path")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="bundle folder [default: dist/<recipe>@<target>]")
 @click.option("--jobs", "-j", type=click.IntRange(1), default=None, help="compile jobs for the llama.cpp build")

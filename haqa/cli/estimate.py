@@ -46,7 +46,8 @@ def estimate(target_name: str, recipe_name: str, ctx: int | None, show_all: bool
             fits, _ = gate.within_budget(Candidate(quant, config))
             if not fits and not show_all:
                 continue
-            roof = memory.roofline_decode_tps(shape, bandwidth, n_ctx=n_ctx, type_k=kv, type_v=kv) if bandwidth else None
+            roof = (memory.roofline_decode_tps(shape, bandwidth, n_ctx=n_ctx, type_k=kv, type_v=kv)
+                    if bandwidth else None)
             table.add_row(quant, kv, f"{est.weights / 2**20:.0f}", f"{est.kv / 2**20:.1f}", f"{est.total / 2**20:.0f}",
                           "yes" if fits else "no", f"{roof:.1f}" if roof else "no bandwidth in target")
     console = Console(width=200 if not Console().is_terminal else None)

@@ -117,9 +117,11 @@ def row_bytes(type_name: str, n: int) -> float:
     return n / block * size
 
 
-def kv_bytes(shape: ModelShape, cells: int, type_k: str = "f16", type_v: str = "f16", layers: int | None = None) -> float:
+def kv_bytes(shape: ModelShape, cells: int, type_k: str = "f16", type_v: str = "f16",
+             layers: int | None = None) -> float:
     layers = shape.n_layer if layers is None else layers
-    per_cell = row_bytes(type_k, shape.head_dim_k * shape.n_head_kv) + row_bytes(type_v, shape.head_dim_v * shape.n_head_kv)
+    per_cell = (row_bytes(type_k, shape.head_dim_k * shape.n_head_kv)
+                + row_bytes(type_v, shape.head_dim_v * shape.n_head_kv))
     return layers * cells * per_cell
 
 
@@ -246,6 +248,7 @@ def estimate_quantized(source: Path, file_type: str) -> ModelShape:
         else:
             nbytes = int(t.n_bytes)
         names[t.name] = nbytes
-    return ModelShape(**{**asdict(base), "tensor_bytes": sum(names.values()), "token_embd_bytes": names["token_embd.weight"],
+    return ModelShape(**{**asdict(base), "tensor_bytes": sum(names.values()),
+                         "token_embd_bytes": names["token_embd.weight"],
                          "layer_bytes": sum(v for k, v in names.items() if k.startswith("blk.")),
                          "matrices": tuple(matrices)})
