@@ -79,6 +79,17 @@ def tiny_gguf(tmp_path) -> Path:
     return write_tiny_gguf(tmp_path / "tiny.gguf")
 
 
+def shared_home(home: Path, real: Path, shared: tuple[str, ...]) -> Path:
+    """A haqa home of a test's own whose `shared` folders (sources, models, toolchains ...) are links
+    into the real home `real`: what is costly to make is shared, while the trial store starts empty."""
+    home.mkdir(parents=True, exist_ok=True)
+    for sub in shared:
+        (real / sub).mkdir(parents=True, exist_ok=True)
+        if not (home / sub).exists():
+            (home / sub).symlink_to(real / sub)
+    return home
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
