@@ -1,5 +1,6 @@
 """haqa installed from its wheel, away from the checkout: the wheel carries the catalog (targets/,
-recipes/) and haqa/data, and the haqa that runs is the installed one.
+recipes/) and haqa/data, and the haqa that runs is the installed one. And a deploy's install leaves out
+the embedded extra (llama-cpp-python): `--agent embedded` then says how to install it.
 
 The wheel is built from the repository with pip (the build backend comes from pip's cache or PyPI);
 it is installed without dependencies into a fresh virtualenv that borrows the dependencies already
@@ -18,16 +19,36 @@ from pathlib import Path
 
 import pytest
 
+from haqa.errors import UserError
 from haqa.paths import cache_home
 from tests.conftest import REPO, shared_home
-
-pytestmark = pytest.mark.slow
 
 
 def run(argv: list, cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     proc = subprocess.run([str(a) for a in argv], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, f"{argv}: {proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     return proc
+
+
+def test_embedded_agent_without_llama_cpp_python_names_the_install_command(monkeypatch):
+    from haqa.agent.llm import make_backend
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as after a plain `pip install haqa`
+    monkeypatch.setenv("HAQA_EMBEDDED_MODEL", "/nonexistent/model.gguf")
+    with pytest.raises(UserError) as caught:
+        make_backend("embedded")
+    assert caught.value.exit_code == 2
+    assert "llama-cpp-python" in caught.value.message and "'.[embedded]'" in str(caught.value)
+
+
+def test_the_embedded_extra_holds_the_one_llama_cpp_python_pin():
+    from haqa.toolchain import LLAMA_CPP_PYTHON_VERSION
+
+    text = (REPO / "pyproject.toml").read_text()
+    assert text.count("llama-cpp-python==") == 1
+    assert f'embedded = ["llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"]' in text
+    dependencies = text.split("dependencies = [", 1)[1].split("]", 1)[0]
+    assert "llama-cpp-python" not in dependencies
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +80,7 @@ def clean_env(home: Path) -> dict:
     return {**env, "HAQA_HOME": str(home), "XDG_CONFIG_HOME": str(home / "config")}
 
 
+@pytest.mark.slow
 def test_the_wheel_carries_the_catalog_and_the_package_data(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for kind in ("targets", "recipes"):
@@ -69,6 +91,7 @@ def test_the_wheel_carries_the_catalog_and_the_package_data(wheel):
     assert not any(n.startswith(("tests/", "targets/", "recipes/")) for n in names)
 
 
+@pytest.mark.slow
 def test_the_installed_haqa_lists_its_catalog_and_estimates_from_outside_the_checkout(venv, tmp_path):
     home = shared_home(tmp_path / "haqa-home", cache_home(), ("sources",))
     elsewhere = tmp_path / "elsewhere"
