@@ -96,13 +96,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def device_env(directory: Path) -> dict[str, str]:
+    """The loopback device's session environment: this machine's compiler cache (CCACHE_DIR, when it is
+    set here: the device is this machine and user) and a ccache stats log of the device's own."""
+    env = {"CCACHE_STATSLOG": str(directory / "ccache-stats.log")}
+    if os.environ.get("CCACHE_DIR"):
+        env["CCACHE_DIR"] = os.environ["CCACHE_DIR"]
+    return env
+
+
+def ccache_stats(log: Path) -> dict[str, int]:
+    """ccache's counters summed over a stats log (CCACHE_STATSLOG): e.g. direct_cache_hit, cache_miss."""
+    counts: dict[str, int] = {}
+    for line in log.read_text().splitlines() if log.exists() else []:
+        if line and not line.startswith("#"):
+            counts[line.strip()] = counts.get(line.strip(), 0) + 1
+    return counts
+
+
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory):
     if not Path(SSHD).exists():
         if os.environ.get("CI"):
             pytest.fail("sshd is missing: .ci/run installs openssh-server before the tests")
         pytest.skip("openssh-server is not installed (apt-get install openssh-server)")
-    server = start_server(tmp_path_factory.mktemp("sshd"))
+    directory = tmp_path_factory.mktemp("sshd")
+    server = start_server(directory, env=device_env(directory))
     yield server
     server.stop()
 
