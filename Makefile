@@ -23,7 +23,7 @@ GCC_MAJOR := $(shell c++ --version 2>/dev/null | grep -q 'Free Software Foundati
 AMX_CPU   := $(shell grep -qwE 'amx_tile|amx_int8' /proc/cpuinfo 2>/dev/null && echo yes)
 LLAMA_CPP_BUILD_ENV := $(if $(and $(AMX_CPU),$(GCC_MAJOR)),$(shell [ $(GCC_MAJOR) -lt 13 ] && echo 'CFLAGS="$(NO_AMX)" CXXFLAGS="$(NO_AMX)" PIP_NO_CACHE_DIR=1'))
 
-.PHONY: help install deploy prepare test test-fast bench bench-quick clean
+.PHONY: help install install-test deploy prepare test test-fast bench bench-quick clean
 
 help:
 	@echo "make deploy [TARGET=local] [RECIPE=smollm2-135m]   build, quantize, measure and bundle"
@@ -47,6 +47,8 @@ $(DEPLOY_STAMP): pyproject.toml | $(VENV)/bin/python
 	@touch $(DEPLOY_STAMP)
 
 install: $(DEPLOY_STAMP)
+
+install-test: $(STAMP)
 
 deploy: $(DEPLOY_STAMP)
 	$(BIN)/haqa deploy --target '$(TARGET)' --recipe '$(RECIPE)' --jobs $(JOBS)
