@@ -105,13 +105,17 @@ def device_env(directory: Path) -> dict[str, str]:
     return env
 
 
-def ccache_stats(log: Path) -> dict[str, int]:
-    """ccache's counters summed over a stats log (CCACHE_STATSLOG): e.g. direct_cache_hit, cache_miss."""
-    counts: dict[str, int] = {}
+def ccache_log(log: Path) -> dict[str, list[str]]:
+    """ccache's counter updates per compiled file, from a stats log (CCACHE_STATSLOG):
+    {"../src/ggml.c": ["direct_cache_hit", ...], ...}."""
+    entries: dict[str, list[str]] = {}
+    current: list[str] = []
     for line in log.read_text().splitlines() if log.exists() else []:
-        if line and not line.startswith("#"):
-            counts[line.strip()] = counts.get(line.strip(), 0) + 1
-    return counts
+        if line.startswith("# "):
+            current = entries.setdefault(line[2:], [])
+        elif line.strip():
+            current.append(line.strip())
+    return entries
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from haqa.paths import cache_home
 from haqa.probe import local_facts
 from haqa.runner import runner_for
 from haqa.toolchain import TOOLS, ensure_toolchain
-from tests.conftest import ccache_stats, shared_home
+from tests.conftest import ccache_log, shared_home
 
 pytestmark = pytest.mark.slow
 HAQA = [sys.executable, "-m", "haqa"]
@@ -134,7 +134,8 @@ def test_a_second_device_home_builds_from_the_compiler_cache(project, device_hom
     start = time.monotonic()
     first = build(first_target)  # made by an earlier test, else here (from this machine's build's objects)
     if not first.cached:
-        print(f"first device home: {hit_counts(stats_log)} (compiles, ccache hits), built in {time.monotonic() - start:.0f} s")
+        compiles, hits, _ = hit_counts(stats_log)
+        print(f"first device home: {compiles} compiles, {hits} ccache hits, built in {time.monotonic() - start:.0f} s")
     stats_log.write_text("")
     start = time.monotonic()
     built = build(second_target)
@@ -142,34 +143,16 @@ def test_a_second_device_home_builds_from_the_compiler_cache(project, device_hom
     assert not built.cached and str(built.root).startswith(str(second_home))
     for tool in TOOLS:
         assert (Path(built.root) / "build" / "bin" / tool).is_file()
-    compiles, hits = hit_counts(stats_log)
+    compiles, hits, missed = hit_counts(stats_log)
     print(f"second device home: {compiles} compiles, {hits} ccache hits, built in {took:.0f} s")
-    assert compiles >= 100, f"the build did not go through ccache: {ccache_stats(stats_log)}"
-    assert hits >= 0.95 * compiles, f"only {hits} of {compiles} compiles were ccache hits: {ccache_stats(stats_log)}"
+    assert compiles >= 100, f"the build did not go through ccache: {ccache_log(stats_log)}"
+    # CMake's unity sources of libllama #include their files by absolute path: those alone miss.
+    assert hits >= 0.9 * compiles and all("/Unity/unity_" in f for f in missed), f"ccache missed {missed}"
 
 
-def hit_counts(stats_log: Path) -> tuple[int, int]:
-    """(compiles, ccache hits) in a ccache stats log."""
-    stats = ccache_stats(stats_log)
-    hits = stats.get("direct_cache_hit", 0) + stats.get("preprocessed_cache_hit", 0)
-    return hits + stats.get("cache_miss", 0), hits
-
-
-def test_deploy_over_ssh_measures_on_the_device(project, device_home, tmp_path):
-    out = tmp_path / "bundle"
-    proc = haqa_in(project, "deploy", "--target", "loopback", "--recipe", SSH_RECIPE, "--out", str(out),
-                   "--agent", "heuristic", timeout=1800)
-    assert proc.returncode == 0, proc.stderr
-    assert "uploaded to the device" in proc.stderr
-    assert proc.stderr.count("[measured]") >= 3
-    lock = json.loads((out / "haqa.lock.json").read_text())
-    assert lock["measured_on"]["runner"] == "ssh" and lock["measured_on"]["home"] == str(device_home)
-    assert lock["target"]["name"] == "loopback"
-    gguf = out / f"{SSH_RECIPE}-{lock['model']['file_type']}.gguf"
-    assert sha256_file(gguf) == lock["model"]["sha256"]
-    assert list((device_home / "models").rglob("*.gguf")), "the candidates were not made on the device"
-
-    again = haqa_in(project, "deploy", "--target", "loopback", "--recipe", SSH_RECIPE, "--out", str(out),
-                    "--agent", "heuristic")
-    assert again.returncode == 0, again.stderr
-    assert "already on the device" in again.stderr and "0 new trial(s)" in again.stderr
+def hit_counts(stats_log: Path) -> tuple[int, int, list[str]]:
+    """(compiles, ccache hits, the files that missed) in a ccache stats log."""
+    entries = ccache_log(stats_log)
+    hits = [f for f, counters in entries.items() if {"direct_cache_hit", "preprocessed_cache_hit"} & set(counters)]
+    missed = [f for f, counters in entries.items() if "cache_miss" in counters]
+    return len(hits) + len(missed), len(hits), missed
