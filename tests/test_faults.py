@@ -9,9 +9,12 @@ Every test runs real haqa commands (`python -m haqa ...` in a subprocess, or the
 constant must be made smaller) and checks the trial store (SQLite), the device's processes (over SSH)
 and its files. The device is this machine behind its own sshd; it shares the session's device folder
 (tests/conftest.py: device_home) with tests/test_ssh_device.py, so the remote llama.cpp build made
-(and interrupted) here is the one that module then finds in its cache. The model is synthetic (random
-weights in an 8-layer shape, 132 MiB as Q8_0): big enough that an upload takes a while and that a
-repacked Q4_0 needs far more memory than a memory-mapped Q8_0, with no quality measurement to wait for.
+(and interrupted) here is the one that module then finds in its cache. That build compiles for real
+(CCACHE_RECACHE: whatever ccache holds) until its faults have landed; its resumed run takes the rest
+from ccache (objects of this machine's own build), so a session compiles llama.cpp about once. The
+model is synthetic (random weights in an 8-layer shape, 132 MiB as Q8_0): big enough that an upload
+takes a while and that a repacked Q4_0 needs far more memory than a memory-mapped Q8_0, with no
+quality measurement to wait for.
 """
 
 from __future__ import annotations
