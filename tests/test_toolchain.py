@@ -64,7 +64,8 @@ def test_amx_is_left_out_only_for_native_gcc_before_13_on_an_amx_cpu():
 def test_a_device_with_ccache_builds_through_it_with_paths_relative_to_its_home(tmp_path):
     flags, env = compiler_cache(LocalRunner(tmp_path), {"GGML_NATIVE": "ON"})
     assert flags == ["-DCMAKE_C_COMPILER_LAUNCHER=ccache", "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"]
-    assert env == {"CCACHE_BASEDIR": str(tmp_path), "CCACHE_NOHASHDIR": "1"}
+    assert env["CCACHE_BASEDIR"] == str(tmp_path) and env["CCACHE_NOHASHDIR"] == "1"
+    assert env["LANG"] == env["LC_ALL"] == env["LC_CTYPE"] == env["LC_MESSAGES"] == "C"
     cuda, _ = compiler_cache(LocalRunner(tmp_path), {"GGML_CUDA": "ON"})
     assert "-DCMAKE_CUDA_COMPILER_LAUNCHER=ccache" in cuda
 

@@ -127,7 +127,8 @@ def device_compiler_facts(runner: Runner) -> tuple[int | None, set[str]]:
 def compiler_cache(runner: Runner, options: dict[str, str]) -> tuple[list[str], dict[str, str]]:
     """ccache, when the device has it: the CMake launcher flags, and the environment under which the
     builds of two haqa homes on one machine share its hits (paths under the home are rewritten
-    relative to the build folder, and the build folder is not hashed). haqa chooses this launcher;
+    relative to the build folder, the build folder is not hashed, and the locale, which ccache
+    hashes, is C whatever the session's: an SSH session often has none). haqa chooses this launcher;
     a target file never can (haqa/config/cmake_options.py refuses launchers). It is left out of the
     toolchain's key and options: the tools it builds are the same."""
     try:
@@ -138,7 +139,8 @@ def compiler_cache(runner: Runner, options: dict[str, str]) -> tuple[list[str], 
         return [], {}
     languages = ["C", "CXX"] + (["CUDA"] if options.get("GGML_CUDA", "").upper() == "ON" else [])
     flags = [f"-DCMAKE_{language}_COMPILER_LAUNCHER=ccache" for language in languages]
-    return flags, {"CCACHE_BASEDIR": str(runner.home), "CCACHE_NOHASHDIR": "1"}
+    locale = {name: "C" for name in ("LANG", "LC_ALL", "LC_CTYPE", "LC_MESSAGES")}
+    return flags, {"CCACHE_BASEDIR": str(runner.home), "CCACHE_NOHASHDIR": "1", **locale}
 
 
 def toolchain_key(source: LlamaCppSource, options: dict[str, str]) -> str:
