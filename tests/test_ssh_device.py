@@ -156,3 +156,23 @@ def hit_counts(stats_log: Path) -> tuple[int, int, list[str]]:
     hits = [f for f, counters in entries.items() if {"direct_cache_hit", "preprocessed_cache_hit"} & set(counters)]
     missed = [f for f, counters in entries.items() if "cache_miss" in counters]
     return len(hits) + len(missed), len(hits), missed
+
+
+def test_deploy_over_ssh_measures_on_the_device(project, device_home, tmp_path):
+    out = tmp_path / "bundle"
+    proc = haqa_in(project, "deploy", "--target", "loopback", "--recipe", SSH_RECIPE, "--out", str(out),
+                   "--agent", "heuristic", timeout=1800)
+    assert proc.returncode == 0, proc.stderr
+    assert "uploaded to the device" in proc.stderr
+    assert proc.stderr.count("[measured]") >= 3
+    lock = json.loads((out / "haqa.lock.json").read_text())
+    assert lock["measured_on"]["runner"] == "ssh" and lock["measured_on"]["home"] == str(device_home)
+    assert lock["target"]["name"] == "loopback"
+    gguf = out / f"{SSH_RECIPE}-{lock['model']['file_type']}.gguf"
+    assert sha256_file(gguf) == lock["model"]["sha256"]
+    assert list((device_home / "models").rglob("*.gguf")), "the candidates were not made on the device"
+
+    again = haqa_in(project, "deploy", "--target", "loopback", "--recipe", SSH_RECIPE, "--out", str(out),
+                    "--agent", "heuristic")
+    assert again.returncode == 0, again.stderr
+    assert "already on the device" in again.stderr and "0 new trial(s)" in again.stderr
