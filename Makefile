@@ -1,5 +1,6 @@
 # haqa: the two commands a user needs are `make deploy` and `make test`.
-# Each creates .venv when it is missing and installs haqa with its dependencies first.
+# Each creates .venv when it is missing and installs haqa with what it needs first: a deploy needs haqa
+# alone; the tests also need the test and embedded extras (the embedded one compiles llama-cpp-python).
 
 PYTHON  ?= python3
 VENV    ?= .venv
@@ -8,9 +9,10 @@ TARGET  ?= local
 RECIPE  ?= smollm2-135m
 JOBS    ?= $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
 STAMP   := $(VENV)/.haqa-installed
+DEPLOY_STAMP := $(VENV)/.haqa-deploy-installed
 PYTEST_ARGS ?=
 
-# llama-cpp-python compiles llama.cpp while it installs: use every core for that too.
+# llama-cpp-python (the embedded extra) compiles llama.cpp while it installs: use every core for that too.
 export CMAKE_BUILD_PARALLEL_LEVEL := $(JOBS)
 
 # GCC before 13 drops the AMX tile shapes in _tile_loadconfig, so llama.cpp's AMX kernels die with SIGILL
@@ -21,7 +23,7 @@ GCC_MAJOR := $(shell c++ --version 2>/dev/null | grep -q 'Free Software Foundati
 AMX_CPU   := $(shell grep -qwE 'amx_tile|amx_int8' /proc/cpuinfo 2>/dev/null && echo yes)
 LLAMA_CPP_BUILD_ENV := $(if $(and $(AMX_CPU),$(GCC_MAJOR)),$(shell [ $(GCC_MAJOR) -lt 13 ] && echo 'CFLAGS="$(NO_AMX)" CXXFLAGS="$(NO_AMX)" PIP_NO_CACHE_DIR=1'))
 
-.PHONY: help install deploy prepare test test-fast bench bench-quick clean
+.PHONY: help install install-test deploy prepare test test-fast bench bench-quick clean
 
 help:
 	@echo "make deploy [TARGET=local] [RECIPE=smollm2-135m]   build, quantize, measure and bundle"
@@ -30,15 +32,25 @@ help:
 	@echo "make bench                                         regenerate docs/BENCHMARKS.md on this machine"
 	@echo "make clean                                         remove .venv and dist/ (not haqa's cache)"
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(LLAMA_CPP_BUILD_ENV) $(BIN)/python -m pip install -e '.[test]'
-	@touch $(STAMP)
 
-install: $(STAMP)
+# haqa with the test and embedded extras (it also satisfies a deploy).
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(LLAMA_CPP_BUILD_ENV) $(BIN)/python -m pip install -e '.[test,embedded]'
+	@touch $(STAMP) $(DEPLOY_STAMP)
 
-deploy: $(STAMP)
+# haqa alone: the llama.cpp tools it builds come from a downloaded source, nothing is compiled here.
+$(DEPLOY_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install -e .
+	@touch $(DEPLOY_STAMP)
+
+install: $(DEPLOY_STAMP)
+
+install-test: $(STAMP)
+
+deploy: $(DEPLOY_STAMP)
 	$(BIN)/haqa deploy --target '$(TARGET)' --recipe '$(RECIPE)' --jobs $(JOBS)
 
 # What the slow tests need, done once with visible progress: the default model and the local toolchain.

@@ -6,8 +6,15 @@ import os
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-# The built-in catalog lives beside the package in the repository (targets/, recipes/).
 REPO_DIR = PACKAGE_DIR.parent
+
+
+def builtin_catalog_dir() -> Path:
+    """The folder holding the built-in targets/ and recipes/: inside the package when haqa was
+    installed from a wheel (pyproject.toml maps them to haqa/catalog), else the repository haqa runs
+    from (a checkout or an editable install), where they sit at the top level."""
+    packaged = PACKAGE_DIR / "catalog"
+    return packaged if packaged.is_dir() else REPO_DIR
 
 
 def cache_home() -> Path:
@@ -39,7 +46,7 @@ def catalog_dirs(kind: str) -> list[Path]:
     dirs.append(Path.cwd() / kind)
     config = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "haqa" / kind
     dirs.append(config)
-    dirs.append(REPO_DIR / kind)
+    dirs.append(builtin_catalog_dir() / kind)
     seen: set[Path] = set()
     unique = []
     for d in dirs:

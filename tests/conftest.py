@@ -79,10 +79,43 @@ def tiny_gguf(tmp_path) -> Path:
     return write_tiny_gguf(tmp_path / "tiny.gguf")
 
 
+def shared_home(home: Path, real: Path, shared: tuple[str, ...]) -> Path:
+    """A haqa home of a test's own whose `shared` folders (sources, models, toolchains ...) are links
+    into the real home `real`: what is costly to make is shared, while the trial store starts empty."""
+    home.mkdir(parents=True, exist_ok=True)
+    for sub in shared:
+        (real / sub).mkdir(parents=True, exist_ok=True)
+        if not (home / sub).exists():
+            (home / sub).symlink_to(real / sub)
+    return home
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def device_env(directory: Path) -> dict[str, str]:
+    """The loopback device's session environment: this machine's compiler cache (CCACHE_DIR, when it is
+    set here: the device is this machine and user) and a ccache stats log of the device's own."""
+    env = {"CCACHE_STATSLOG": str(directory / "ccache-stats.log")}
+    if os.environ.get("CCACHE_DIR"):
+        env["CCACHE_DIR"] = os.environ["CCACHE_DIR"]
+    return env
+
+
+def ccache_log(log: Path) -> dict[str, list[str]]:
+    """ccache's counter updates per compiled file, from a stats log (CCACHE_STATSLOG):
+    {"../src/ggml.c": ["direct_cache_hit", ...], ...}."""
+    entries: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in log.read_text().splitlines() if log.exists() else []:
+        if line.startswith("# "):
+            current = entries.setdefault(line[2:], [])
+        elif line.strip():
+            current.append(line.strip())
+    return entries
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +124,8 @@ def sshd(tmp_path_factory):
         if os.environ.get("CI"):
             pytest.fail("sshd is missing: .ci/run installs openssh-server before the tests")
         pytest.skip("openssh-server is not installed (apt-get install openssh-server)")
-    server = start_server(tmp_path_factory.mktemp("sshd"))
+    directory = tmp_path_factory.mktemp("sshd")
+    server = start_server(directory, env=device_env(directory))
     yield server
     server.stop()
 

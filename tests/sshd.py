@@ -13,7 +13,7 @@ import socket
 import subprocess
 import textwrap
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -35,6 +35,8 @@ class SshServer:
     port: int
     proc: subprocess.Popen | None = None
     extra_config: str = ""  # more sshd_config lines, e.g. "SetEnv PATH=..." for a device with other tools
+    # Set in every session, as one SetEnv line (sshd reads only the first: not with a SetEnv in extra_config).
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def client_key(self) -> Path:
@@ -60,23 +62,24 @@ class SshServer:
             _keygen(self.client_key)
             shutil.copy(self.dir / "client_key.pub", self.dir / "authorized_keys")
             self.known_hosts.write_text(self.host_key_line())
-            (self.dir / "sshd_config").write_text(textwrap.dedent(f"""\
-                Port {self.port}
-                ListenAddress 127.0.0.1
-                HostKey {self.dir}/host_key
-                AuthorizedKeysFile {self.dir}/authorized_keys
-                PidFile {self.dir}/sshd.pid
-                PubkeyAuthentication yes
-                PasswordAuthentication no
-                KbdInteractiveAuthentication no
-                PermitRootLogin prohibit-password
-                StrictModes no
-                UsePAM no
-                Subsystem sftp internal-sftp
-                MaxStartups 100
-                MaxSessions 50
-                LogLevel INFO
-            """) + self.extra_config + "\n")
+        set_env = f"SetEnv {' '.join(f'{k}={v}' for k, v in self.env.items())}\n" if self.env else ""
+        (self.dir / "sshd_config").write_text(textwrap.dedent(f"""\
+            Port {self.port}
+            ListenAddress 127.0.0.1
+            HostKey {self.dir}/host_key
+            AuthorizedKeysFile {self.dir}/authorized_keys
+            PidFile {self.dir}/sshd.pid
+            PubkeyAuthentication yes
+            PasswordAuthentication no
+            KbdInteractiveAuthentication no
+            PermitRootLogin prohibit-password
+            StrictModes no
+            UsePAM no
+            Subsystem sftp internal-sftp
+            MaxStartups 100
+            MaxSessions 50
+            LogLevel INFO
+        """) + set_env + self.extra_config + "\n")
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)
         log = open(self.dir / "sshd.log", "a")
         self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.dir / "sshd_config")],
@@ -114,6 +117,11 @@ class SshServer:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
 
+    def set_env(self, env: dict[str, str]) -> None:
+        """Restart the server (no session may be open) with `env` set in the sessions it starts."""
+        self.env = dict(env)
+        self.restart(down_s=0)
+
     def restart(self, down_s: float = 3.0) -> None:
         """Stop the server (every connection dropped), stay down for `down_s`, and start it again on
         the same port with the same host key, as a device's sshd restarting would."""
@@ -148,9 +156,9 @@ class SshServer:
         """)
 
 
-def start_server(directory: Path, extra_config: str = "") -> SshServer:
+def start_server(directory: Path, extra_config: str = "", env: dict[str, str] | None = None) -> SshServer:
     directory.mkdir(parents=True, exist_ok=True)
-    return SshServer(directory, _free_port(), extra_config=extra_config).start()
+    return SshServer(directory, _free_port(), extra_config=extra_config, env=dict(env or {})).start()
 
 
 class MemoryLimit:

@@ -14,7 +14,7 @@ import pytest
 
 from haqa.hashing import sha256_file
 from haqa.paths import cache_home
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, shared_home
 
 pytestmark = pytest.mark.slow
 HAQA = [sys.executable, "-m", "haqa"]
@@ -24,12 +24,7 @@ HAQA = [sys.executable, "-m", "haqa"]
 def home(tmp_path_factory) -> Path:
     """A haqa home that shares the built toolchain and fetched models but no measurements, so the
     deploy below measures every candidate for real instead of reading earlier results."""
-    real = cache_home()
-    home = tmp_path_factory.mktemp("haqa-home")
-    for sub in ("sources", "src", "toolchains", "models"):
-        (real / sub).mkdir(parents=True, exist_ok=True)
-        (home / sub).symlink_to(real / sub)
-    return home
+    return shared_home(tmp_path_factory.mktemp("haqa-home"), cache_home(), ("sources", "src", "toolchains", "models"))
 
 
 def run_haqa(home: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:

@@ -9,9 +9,12 @@ Every test runs real haqa commands (`python -m haqa ...` in a subprocess, or the
 constant must be made smaller) and checks the trial store (SQLite), the device's processes (over SSH)
 and its files. The device is this machine behind its own sshd; it shares the session's device folder
 (tests/conftest.py: device_home) with tests/test_ssh_device.py, so the remote llama.cpp build made
-(and interrupted) here is the one that module then finds in its cache. The model is synthetic (random
-weights in an 8-layer shape, 132 MiB as Q8_0): big enough that an upload takes a while and that a
-repacked Q4_0 needs far more memory than a memory-mapped Q8_0, with no quality measurement to wait for.
+(and interrupted) here is the one that module then finds in its cache. That build compiles for real
+(CCACHE_RECACHE: whatever ccache holds) until its faults have landed; its resumed run takes the rest
+from ccache (objects of this machine's own build), so a session compiles llama.cpp about once. The
+model is synthetic (random weights in an 8-layer shape, 132 MiB as Q8_0): big enough that an upload
+takes a while and that a repacked Q4_0 needs far more memory than a memory-mapped Q8_0, with no
+quality measurement to wait for.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from haqa.paths import cache_home
 from haqa.runner.base import DiskFull
 from haqa.runner.ssh import SshRunner
 from haqa.toolchain import ensure_toolchain
-from tests.conftest import connect_for
+from tests.conftest import connect_for, device_env, shared_home
 from tests.sshd import SSHD, MemoryLimit, start_server
 
 HAQA = [sys.executable, "-m", "haqa"]
@@ -76,7 +79,8 @@ def dev(tmp_path_factory):
         if os.environ.get("CI"):
             pytest.fail("sshd is missing: .ci/run installs openssh-server before the tests")
         pytest.skip("openssh-server is not installed (apt-get install openssh-server)")
-    server = start_server(tmp_path_factory.mktemp("faults-sshd"))
+    directory = tmp_path_factory.mktemp("faults-sshd")
+    server = start_server(directory, env=device_env(directory))
     yield server
     server.stop()
 
@@ -163,11 +167,7 @@ def project(tmp_path_factory, dev, device_home) -> Project:
     (root / "recipes").mkdir()
     (root / "shape.json").write_text(json.dumps(SHAPE))
     p = Project(root, dev, device_home)
-    p.home.mkdir()
-    real = cache_home()
-    for sub in ("sources",):
-        (real / sub).mkdir(parents=True, exist_ok=True)
-        (p.home / sub).symlink_to(real / sub)
+    shared_home(p.home, cache_home(), ("sources",))
     proc = p.run("targets", "probe", f"ssh://{dev.user}@127.0.0.1:{dev.port}", "--name", "faulty",
                  "--key", str(dev.client_key), "--known-hosts", str(dev.known_hosts), "--workdir", str(device_home))
     assert proc.returncode == 0, proc.stderr
@@ -454,6 +454,9 @@ def test_build_survives_a_dropped_connection_and_ctrl_c_then_resumes(project, de
         stop_group(pgid)  # a build that cannot end by itself: only haqa's clean-up can stop it
         dev.cut_connections()
 
+    # A real compile whatever the compiler cache holds (what it compiles is stored), so the faults land
+    # mid-build; the resumed build below takes the rest from the cache.
+    dev.set_env({**dev.env, "CCACHE_RECACHE": "1"})
     run = project.start("toolchain", "build", "--target", "faulty")
     watcher = Watcher([
         ("cut", lambda: progress() >= 10 and next(iter(procs(str(device_home), "cmake --build")), None), cut),
@@ -462,6 +465,7 @@ def test_build_survives_a_dropped_connection_and_ctrl_c_then_resumes(project, de
     ], timeout=1500)
     watcher.start()
     code, err = run.wait(timeout=1800)
+    dev.set_env({k: v for k, v in dev.env.items() if k != "CCACHE_RECACHE"})
     assert watcher.finish() == ["cut", "ctrl-c"], err
     assert code == 130, err
     assert "lost while running cmake" in err and "run it again" in err, err

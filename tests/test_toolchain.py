@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import shutil
 import time
 
 import pytest
@@ -12,7 +13,7 @@ from haqa.config import load_target
 from haqa.errors import UserError
 from haqa.runner import LocalRunner
 from haqa.toolchain import LLAMA_CPP_PYTHON_VERSION, TOOLS, ensure_toolchain, llama_cpp_source
-from haqa.toolchain.build import NO_AMX_FLAGS, _diagnose, amx_workaround, cmake_options, gcc_major
+from haqa.toolchain.build import NO_AMX_FLAGS, _diagnose, amx_workaround, cmake_options, compiler_cache, gcc_major
 from tests.conftest import REPO
 
 
@@ -57,6 +58,23 @@ def test_amx_is_left_out_only_for_native_gcc_before_13_on_an_amx_cpu():
     for unchanged in [(base, 13, amx), (base, None, amx), (base, 12, {"avx512f"}),
                       ({**base, "GGML_NATIVE": "OFF"}, 12, amx)]:
         assert amx_workaround(*unchanged) == (unchanged[0], None)
+
+
+@pytest.mark.skipif(not shutil.which("ccache"), reason="ccache is not installed (apt-get install ccache)")
+def test_a_device_with_ccache_builds_through_it_with_paths_relative_to_its_home(tmp_path):
+    flags, env = compiler_cache(LocalRunner(tmp_path), {"GGML_NATIVE": "ON"})
+    assert flags == ["-DCMAKE_C_COMPILER_LAUNCHER=ccache", "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"]
+    assert env["CCACHE_BASEDIR"] == str(tmp_path) and env["CCACHE_NOHASHDIR"] == "1"
+    assert env["LANG"] == env["LC_ALL"] == env["LC_CTYPE"] == env["LC_MESSAGES"] == "C"
+    cuda, _ = compiler_cache(LocalRunner(tmp_path), {"GGML_CUDA": "ON"})
+    assert "-DCMAKE_CUDA_COMPILER_LAUNCHER=ccache" in cuda
+
+
+def test_a_device_without_ccache_builds_without_a_launcher(tmp_path, monkeypatch):
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    assert compiler_cache(LocalRunner(tmp_path / "home"), {"GGML_CUDA": "ON"}) == ([], {})
 
 
 @pytest.mark.parametrize("log,advice", [

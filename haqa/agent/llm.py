@@ -183,6 +183,17 @@ class EmbeddedBackend(Backend):
         self.model = os.path.basename(model_path)
         self._path, self._threads, self._llm = model_path, threads, None
 
+    @staticmethod
+    def require_bindings() -> None:
+        """Refuse, with the command that installs them, when llama-cpp-python (the `embedded` extra) is missing."""
+        import importlib.util
+
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise UserError("`--agent embedded` needs llama-cpp-python, which is not installed (a plain `make deploy` "
+                            "leaves it out: it compiles llama.cpp for minutes)",
+                            hint="install the embedded extra: `.venv/bin/pip install -e '.[embedded]'` in the checkout "
+                                 "(`make prepare` does it), or `pip install 'haqa[embedded]'`; or pick another --agent")
+
     @property
     def llm(self):
         if self._llm is None:  # loaded on the first question: a resumed search may ask none
@@ -228,6 +239,7 @@ def make_backend(kind: str, *, threads: int = 2) -> Backend:
     if kind == "ollama":
         return OllamaBackend()
     if kind == "embedded":
+        EmbeddedBackend.require_bindings()  # before the model is fetched
         return EmbeddedBackend(os.environ.get("HAQA_EMBEDDED_MODEL") or default_embedded_model(), threads=threads)
     if kind == "auto":
         return endpoint_backend() or make_backend("embedded", threads=threads)

@@ -124,6 +124,25 @@ def device_compiler_facts(runner: Runner) -> tuple[int | None, set[str]]:
     return gcc_major(version.stdout), flags
 
 
+def compiler_cache(runner: Runner, options: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """ccache, when the device has it: the CMake launcher flags, and the environment under which the
+    builds of two haqa homes on one machine share its hits (paths under the home are rewritten
+    relative to the build folder, the build folder is not hashed, and the locale, which ccache
+    hashes, is C whatever the session's: an SSH session often has none). haqa chooses this launcher;
+    a target file never can (haqa/config/cmake_options.py refuses launchers). It is left out of the
+    toolchain's key and options: the tools it builds are the same."""
+    try:
+        found = runner.run(["ccache", "--version"], timeout=60)
+    except UserError:
+        return [], {}
+    if not found.ok:
+        return [], {}
+    languages = ["C", "CXX"] + (["CUDA"] if options.get("GGML_CUDA", "").upper() == "ON" else [])
+    flags = [f"-DCMAKE_{language}_COMPILER_LAUNCHER=ccache" for language in languages]
+    locale = {name: "C" for name in ("LANG", "LC_ALL", "LC_CTYPE", "LC_MESSAGES")}
+    return flags, {"CCACHE_BASEDIR": str(runner.home), "CCACHE_NOHASHDIR": "1", **locale}
+
+
 def toolchain_key(source: LlamaCppSource, options: dict[str, str]) -> str:
     blob = json.dumps({"source": source.sha256, "options": options, "tools": TOOLS}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -180,12 +199,13 @@ def _build(runner: Runner, target: Target, source: LlamaCppSource, tc: Toolchain
     log_path = runner.local_dir("toolchains", key) / "build.log"
     log_path.write_text("")
     jobs = jobs or runner.cpu_count()
+    launcher, env = compiler_cache(runner, options)
     ui.step(f"building llama.cpp {source.commit[:8]} for target '{target.name}' "
-            f"({', '.join(TOOLS)}; {jobs} jobs; log: {log_path})")
+            f"({', '.join(TOOLS)}; {jobs} jobs{'; through ccache' if launcher else ''}; log: {log_path})")
     if why:
         ui.note(why)
 
-    configure = ["cmake", "-S", str(src), "-B", str(build), *[f"-D{k}={v}" for k, v in options.items()]]
+    configure = ["cmake", "-S", str(src), "-B", str(build), *[f"-D{k}={v}" for k, v in options.items()], *launcher]
     compile_ = ["cmake", "--build", str(build), "--config", "Release", "-j", str(jobs), "--target", *TOOLS]
     with ui.progress("compiling llama.cpp") as bar:
         def on_line(line: str) -> None:
@@ -194,7 +214,7 @@ def _build(runner: Runner, target: Target, source: LlamaCppSource, tc: Toolchain
 
         for argv in (configure, compile_):
             try:
-                result = runner.run(argv, timeout=BUILD_TIMEOUT_S, log_path=log_path, on_line=on_line)
+                result = runner.run(argv, timeout=BUILD_TIMEOUT_S, env=env, log_path=log_path, on_line=on_line)
             except UserError as e:
                 raise UserError(f"cannot build llama.cpp: {e.message}",
                                 hint="install cmake and make (Debian/Ubuntu: apt-get install cmake build-essential)") from None
