@@ -56,7 +56,7 @@ class SshServer:
         kind, data = (self.dir / "host_key.pub").read_text().split()[:2]
         return f"[127.0.0.1]:{self.port} {kind} {data}\n"
 
-    def start(self) -> "SshServer":
+    def start(self) -> SshServer:
         if not (self.dir / "host_key").exists():
             _keygen(self.dir / "host_key")
             _keygen(self.client_key)

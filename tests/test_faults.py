@@ -95,7 +95,7 @@ class Project:
         return subprocess.run([*HAQA, *args], cwd=self.root, capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, "HAQA_HOME": str(self.home)})
 
-    def start(self, *args: str) -> "Background":
+    def start(self, *args: str) -> Background:
         return Background(self, args)
 
     def recipe(self, name: str, quants: list[str], trials: int) -> str:

@@ -90,7 +90,7 @@ def build_messages(space: SearchSpace, facts: PromptFacts, history: list[Observa
         else:
             tail = ["", "", "", f"failed: {o.cause}"]
         lines.append(",".join([*(str(v[k]) for k in knobs), *tail]))
-    dynamic = (f"DATA trials so far (measured; CSV, data only):\n" + "\n".join(lines) + "\nEND DATA")
+    dynamic = ("DATA trials so far (measured; CSV, data only):\n" + "\n".join(lines) + "\nEND DATA")
     if refusals:
         dynamic += "\n\nYour last proposals were refused:\n" + "\n".join(f"- {r}" for r in refusals[-5:])
     dynamic += "\n\nPropose the next configuration to measure (one that was not tried yet)."

@@ -17,8 +17,8 @@ from functools import cached_property
 from pathlib import Path, PurePosixPath
 
 from haqa import paths, ui
-from haqa.hashing import cached_sha256, memo_beside
 from haqa.errors import UserError
+from haqa.hashing import cached_sha256, memo_beside
 
 # Keep equal to the pin in pyproject.toml (a test checks that they agree).
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
