@@ -23,12 +23,13 @@ GCC_MAJOR := $(shell c++ --version 2>/dev/null | grep -q 'Free Software Foundati
 AMX_CPU   := $(shell grep -qwE 'amx_tile|amx_int8' /proc/cpuinfo 2>/dev/null && echo yes)
 LLAMA_CPP_BUILD_ENV := $(if $(and $(AMX_CPU),$(GCC_MAJOR)),$(shell [ $(GCC_MAJOR) -lt 13 ] && echo 'CFLAGS="$(NO_AMX)" CXXFLAGS="$(NO_AMX)" PIP_NO_CACHE_DIR=1'))
 
-.PHONY: help install install-test deploy prepare test test-fast bench bench-quick clean
+.PHONY: help install install-test deploy prepare test test-fast lint bench bench-quick clean
 
 help:
 	@echo "make deploy [TARGET=local] [RECIPE=smollm2-135m]   build, quantize, measure and bundle"
 	@echo "make test                                          the whole test suite (what CI runs)"
 	@echo "make test-fast                                     only the fast tests"
+	@echo "make lint                                          ruff (settings in pyproject.toml)"
 	@echo "make bench                                         regenerate docs/BENCHMARKS.md on this machine"
 	@echo "make clean                                         remove .venv and dist/ (not haqa's cache)"
 
@@ -63,6 +64,9 @@ test: prepare
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not slow' $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 bench: prepare
 	$(BIN)/haqa bench all --out docs/BENCHMARKS.md

@@ -33,6 +33,14 @@ class Project:
         return p
 
 
+
+@pytest.fixture(autouse=True)
+def own_haqa_home(request, tmp_path_factory, monkeypatch):
+    """A fast test never writes into the real haqa cache: it gets a HAQA_HOME of its own (a test may set
+    another). Slow tests keep the real one, where `make prepare` put the toolchain and the model."""
+    if request.node.get_closest_marker("slow") is None:
+        monkeypatch.setenv("HAQA_HOME", str(tmp_path_factory.mktemp("haqa-home")))
+
 @pytest.fixture
 def project(tmp_path, monkeypatch) -> Project:
     (tmp_path / "targets" / "families").mkdir(parents=True)

@@ -41,6 +41,18 @@ def test_embedded_agent_without_llama_cpp_python_names_the_install_command(monke
     assert "llama-cpp-python" in caught.value.message and "'.[embedded]'" in str(caught.value)
 
 
+
+def test_deploy_with_the_embedded_agent_and_no_bindings_is_refused_before_any_work(monkeypatch, haqa):
+    from haqa import pipeline
+
+    def work_started(*args, **kwargs):
+        raise AssertionError("the deploy started before the missing bindings were named")
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    monkeypatch.setattr(pipeline, "deploy", work_started)
+    code, _, err = haqa("deploy", "--agent", "embedded")
+    assert code == 2 and "'.[embedded]'" in err and "Traceback" not in err
+
 def test_the_embedded_extra_holds_the_one_llama_cpp_python_pin():
     from haqa.toolchain import LLAMA_CPP_PYTHON_VERSION
 

@@ -39,6 +39,10 @@ def deploy(target_name: str, recipe_name: str, out: Path | None, jobs: int | Non
         explicit = ctx.get_parameter_source("target_name") == click.core.ParameterSource.COMMANDLINE
         click.echo(str(deploy_from_lock(from_lock, target_name if explicit else None, out, jobs=jobs)))
         return
+    if agent == "embedded":
+        from haqa.agent.llm import EmbeddedBackend
+
+        EmbeddedBackend.require_bindings()  # before anything is built, not after the toolchain
     from haqa.pipeline import deploy as run_deploy
 
     result = run_deploy(target_name, recipe_name, out, jobs=jobs, agent=agent, seed=seed)
