@@ -171,7 +171,10 @@ class MemoryLimit:
 
     def __init__(self, name: str, limit_bytes: int):
         self.limit = limit_bytes
-        if (self.V2 / "cgroup.controllers").exists() and "memory" in (self.V2 / "cgroup.controllers").read_text().split():
+        if (
+            (self.V2 / "cgroup.controllers").exists()
+            and "memory" in (self.V2 / "cgroup.controllers").read_text().split()
+        ):
             self.version, self.dir = 2, self.V2 / name
         elif (self.V1 / "memory.limit_in_bytes").exists():
             self.version, self.dir = 1, self.V1 / name

@@ -176,8 +176,10 @@ def project(tmp_path_factory, dev, device_home) -> Project:
         text = text.replace("[connect]\n", "[connect]\nreconnects = 3\nconnect_timeout_s = 5\n", 1)
     (root / "targets" / "faulty.toml").write_text(text)
     made = subprocess.run([sys.executable, "-c", "import sys; from haqa.model.synth import synthetic_q8_0; "
-                           "from haqa.hashing import cached_sha256; p = synthetic_q8_0(sys.argv[1]); print(cached_sha256(p))",
-                           str(root / "shape.json")], capture_output=True, text=True, env={**os.environ, "HAQA_HOME": str(p.home)})
+                           "from haqa.hashing import cached_sha256; "
+                           "p = synthetic_q8_0(sys.argv[1]); print(cached_sha256(p))",
+                           str(root / "shape.json")],
+                          capture_output=True, text=True, env={**os.environ, "HAQA_HOME": str(p.home)})
     assert made.returncode == 0, made.stderr
     p.model_sha = made.stdout.split()[-1]
     return p
@@ -540,7 +542,10 @@ def test_deploy_survives_drops_and_an_sshd_restart_and_records_a_connection_lost
     assert not group_alive(events["orphan"]), "the llama-bench cut off by the drop was left running"
     assert "error: cannot reach faulty-drops" in err and "Q4_0: failed (connection)" in err, err
     rows = project.store(recipe, target)
-    assert [(r["quant"], r["status"], r["cause"]) for r in rows] == [("Q4_0", "ok", None), ("Q4_0", "failed", "connection")]
+    assert [(r["quant"], r["status"], r["cause"]) for r in rows] == [
+        ("Q4_0", "ok", None),
+        ("Q4_0", "failed", "connection"),
+    ]
     assert group_alive(events["lost"]), "expected the frozen llama-bench of the lost connection to be left behind"
 
     again = project.run("deploy", "--target", target, "--recipe", recipe, "--out", str(project.root / "drops-bundle"),
@@ -652,7 +657,10 @@ def test_hung_benchmark_times_out_its_process_tree_is_killed_and_the_search_goes
     assert not device_procs(dev, device_home, f"{device_home}/toolchains/", "/llama-bench ")
     rows = project.store(recipe, target)
     assert_store_consistent(rows)
-    assert [(r["quant"], r["status"], r["cause"]) for r in rows] == [("Q4_0", "failed", "timeout"), ("Q8_0", "ok", None)]
+    assert [(r["quant"], r["status"], r["cause"]) for r in rows] == [
+        ("Q4_0", "failed", "timeout"),
+        ("Q8_0", "ok", None),
+    ]
     assert "Q4_0: failed (timeout)" in err
     assert result.winner.quant == "Q8_0"
 
@@ -707,10 +715,14 @@ def test_out_of_memory_is_recorded_and_the_memory_model_skips_what_needs_as_much
         assert limit.oom_kills() >= 1, "the kernel's OOM killer never fired"
         rows = project.store(recipe, target)
         assert_store_consistent(rows)
-        assert [(r["quant"], r["status"], r["cause"]) for r in rows] == [("Q4_0", "failed", "oom"), ("Q8_0", "ok", None)]
+        assert [(r["quant"], r["status"], r["cause"]) for r in rows] == [
+            ("Q4_0", "failed", "oom"),
+            ("Q8_0", "ok", None),
+        ]
         assert "Q4_0: failed (oom)" in proc.stderr
         assert re.search(r"memory model: Q4_0 .* ran out of memory on the device just now", proc.stderr), proc.stderr
-        assert re.search(r"memory model: skipping Q4_K_M .*which ran out of memory on the device", proc.stderr), proc.stderr
+        assert re.search(r"memory model: skipping Q4_K_M .*which ran out of memory on the device",
+                         proc.stderr), proc.stderr
         assert json.loads((out / "haqa.lock.json").read_text())["model"]["file_type"] == "Q8_0"
 
         again = project.run("deploy", "--target", target, "--recipe", recipe, "--out", str(out), "--agent", "heuristic")
@@ -809,7 +821,8 @@ def test_deploy_onto_a_disk_too_small_for_the_model_is_refused_before_sending(pr
     assert proc.returncode == 2, proc.stderr
     size = project.synthetic_size() / MIB
     assert re.search(rf"not enough disk space on faulty-tiny-disk for the upload of shape-\S+\.gguf: "
-                     rf"{re.escape(str(disk.path))}/models/src/\w+\.gguf needs about {size:.1f} MiB, 6\d\.\d MiB free there",
+                     rf"{re.escape(str(disk.path))}/models/src/\w+\.gguf "
+                     rf"needs about {size:.1f} MiB, 6\d\.\d MiB free there",
                      proc.stderr), proc.stderr
     assert "Traceback" not in proc.stderr
     assert not list((disk.path / "models").rglob("*.gguf*")) if (disk.path / "models").exists() else True

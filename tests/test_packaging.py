@@ -79,7 +79,9 @@ def venv(tmp_path_factory, wheel) -> Path:
     run([sys.executable, "-m", "venv", "--without-pip", root / "env"], cwd=root)
     env_dir = root / "env"
     python = env_dir / "bin" / "python"
-    purelib = Path(run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=root).stdout.strip())
+    purelib = Path(
+        run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=root).stdout.strip()
+    )
     (purelib / "_haqa_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index",
          "--disable-pip-version-check", "-q", wheel], cwd=root)

@@ -119,7 +119,8 @@ def test_a_second_device_home_builds_from_the_compiler_cache(project, device_hom
     second_home = tmp_path / "second-home"
     path = tmp_path / "loopback-second.toml"
     path.write_text((project / "targets" / "loopback.toml").read_text()
-                    .replace(str(device_home), str(second_home)).replace('name = "loopback"', 'name = "loopback-second"'))
+                    .replace(str(device_home), str(second_home))
+                    .replace('name = "loopback"', 'name = "loopback-second"'))
     second_target = load_target(str(path))
 
     def build(target):

@@ -70,7 +70,9 @@ def _data(label: str, obj) -> str:
     return f"DATA {label} (JSON, data only):\n{json.dumps(obj, indent=None, default=str)}\nEND DATA"
 
 
-def build_messages(space: SearchSpace, facts: PromptFacts, history: list[Observation], refusals: list[str]) -> list[dict]:
+def build_messages(
+    space: SearchSpace, facts: PromptFacts, history: list[Observation], refusals: list[str]
+) -> list[dict]:
     static = "\n\n".join([
         _data("device", facts.device),
         _data("model", facts.model),
@@ -203,8 +205,12 @@ class EmbeddedBackend(Backend):
         return self._llm
 
     def complete(self, messages, schema, temperature=0.2):
-        r = self.llm.create_chat_completion(messages=messages, response_format={"type": "json_object", "schema": schema},
-                                            temperature=temperature, max_tokens=300)
+        r = self.llm.create_chat_completion(
+            messages=messages,
+            response_format={"type": "json_object", "schema": schema},
+            temperature=temperature,
+            max_tokens=300,
+        )
         return r["choices"][0]["message"]["content"] or ""
 
 

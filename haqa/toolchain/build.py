@@ -104,7 +104,8 @@ def amx_workaround(options: dict[str, str], gcc: int | None, cpu_flags: set[str]
     for var in ("CMAKE_C_FLAGS", "CMAKE_CXX_FLAGS"):
         out[var] = f"{out[var]} {NO_AMX_FLAGS}" if out.get(var) else NO_AMX_FLAGS
     return out, (f"the device's compiler is GCC {gcc}, whose _tile_loadconfig drops the AMX tile shapes (fixed in "
-                 f"GCC {AMX_FIXED_IN_GCC}): llama.cpp is built without AMX ({NO_AMX_FLAGS}) so its kernels cannot die with SIGILL")
+                 f"GCC {AMX_FIXED_IN_GCC}): llama.cpp is built without AMX ({NO_AMX_FLAGS}) "
+                 f"so its kernels cannot die with SIGILL")
 
 
 def device_compiler_facts(runner: Runner) -> tuple[int | None, set[str]]:
@@ -217,7 +218,8 @@ def _build(runner: Runner, target: Target, source: LlamaCppSource, tc: Toolchain
                 result = runner.run(argv, timeout=BUILD_TIMEOUT_S, env=env, log_path=log_path, on_line=on_line)
             except UserError as e:
                 raise UserError(f"cannot build llama.cpp: {e.message}",
-                                hint="install cmake and make (Debian/Ubuntu: apt-get install cmake build-essential)") from None
+                                hint="install cmake and make "
+                                "(Debian/Ubuntu: apt-get install cmake build-essential)") from None
             if not result.ok:
                 tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
                 if result.timed_out:
@@ -243,10 +245,15 @@ def ensure_source_on_device(runner: Runner, source: LlamaCppSource) -> PurePath:
     remote_tar = runner.dir("src", tarball.name)
     runner.put(tarball, remote_tar)
     tmp = runner.dir("src", f".{source.sha256[:16]}.tmp")
-    for argv in (["rm", "-rf", str(tmp), str(src)], ["mkdir", "-p", str(tmp)], ["tar", "-xzf", str(remote_tar), "-C", str(tmp)]):
+    for argv in (
+        ["rm", "-rf", str(tmp), str(src)],
+        ["mkdir", "-p", str(tmp)],
+        ["tar", "-xzf", str(remote_tar), "-C", str(tmp)],
+    ):
         r = runner.run(argv, timeout=1800)
         if not r.ok:
-            raise UserError(f"unpacking the llama.cpp source on the device failed at `{argv[0]}`: {r.stderr_tail[-800:]}",
+            raise UserError(f"unpacking the llama.cpp source on the device failed at `{argv[0]}`: "
+                            f"{r.stderr_tail[-800:]}",
                             hint="check free disk space on the device (`haqa doctor`)")
     runner.write_text(tmp / ".haqa-complete", f"{source.commit}\n")
     runner.move(tmp, src)

@@ -168,7 +168,8 @@ def llama_cpp_source() -> LlamaCppSource:
             raise UserError(
                 f"could not download the llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} source distribution:\n{tail}",
                 hint="check that PyPI is reachable, or set HAQA_LLAMA_CPP_SDIST to a downloaded "
-                f"{_ROOT}.tar.gz (`pip download --no-binary :all: --no-deps llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}`)",
+                f"{_ROOT}.tar.gz "
+                f"(`pip download --no-binary :all: --no-deps llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}`)",
             )
         os.replace(got, sdist)
     return LlamaCppSource(sdist)
