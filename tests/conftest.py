@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from haqa.cli import cli
 from haqa.config.schema import Connect
-from tests.sshd import SSHD, start_server
+from tests.support.sshd import SSHD, start_server
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,5 +1,5 @@
 """Faults a tuning run on a real device must survive, each made real against the loopback OpenSSH
-device (tests/sshd.py): connections cut while a file uploads, while llama.cpp builds and while
+device (tests/support/sshd.py): connections cut while a file uploads, while llama.cpp builds and while
 llama-bench runs; sshd restarting in the middle of a run; the connection lost for good; a full disk
 (a small tmpfs as the device's work folder); a configuration that runs out of memory (a memory-limited
 cgroup holding the device's sshd and everything it starts); a benchmark that hangs (a SIGSTOP'd
@@ -42,7 +42,7 @@ from haqa.runner.base import DiskFull
 from haqa.runner.ssh import SshRunner
 from haqa.toolchain import ensure_toolchain
 from tests.conftest import connect_for, device_env, shared_home
-from tests.sshd import SSHD, MemoryLimit, start_server
+from tests.support.sshd import SSHD, MemoryLimit, start_server
 
 HAQA = [sys.executable, "-m", "haqa"]
 MIB = 2**20

@@ -19,7 +19,7 @@ import tomllib
 
 from haqa.errors import ToolFailed, UserError
 from tests.conftest import write_tiny_gguf
-from tests.sshd import start_server
+from tests.support.sshd import start_server
 
 TARGET = """
 name = "{name}"

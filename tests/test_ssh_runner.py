@@ -1,4 +1,4 @@
-"""The SSH runner against a real OpenSSH server on 127.0.0.1 (tests/sshd.py)."""
+"""The SSH runner against a real OpenSSH server on 127.0.0.1 (tests/support/sshd.py)."""
 
 from __future__ import annotations
 
