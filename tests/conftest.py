@@ -4,20 +4,17 @@ tests marked `slow` use the real llama.cpp build and the real SmolLM2 model from
 from __future__ import annotations
 
 import os
-import socket
 import textwrap
 from pathlib import Path
 
-import gguf
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from haqa.cli import cli
-from haqa.config.schema import Connect
-from tests.support.sshd import SSHD, start_server
-
-REPO = Path(__file__).resolve().parent.parent
+from haqa.probe import local_facts
+from tests.support.bundles import CONFIG, LABEL, RECIPE, make_bundle
+from tests.support.files import write_tiny_gguf
+from tests.support.sshd import SSHD, device_env, start_server
 
 
 class Project:
@@ -62,68 +59,9 @@ def haqa():
     return invoke
 
 
-def write_tiny_gguf(path: Path, arch: str = "llama", file_type: int = 1) -> Path:
-    """A small, valid GGUF (metadata and two F32 tensors): enough for the parsers, not for inference."""
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_name("tiny")
-    w.add_file_type(file_type)
-    w.add_context_length(256)
-    w.add_block_count(1)
-    w.add_embedding_length(8)
-    w.add_feed_forward_length(32)
-    w.add_head_count(2)
-    w.add_head_count_kv(1)
-    w.add_tensor("token_embd.weight", np.zeros((16, 8), dtype=np.float32))
-    w.add_tensor("output_norm.weight", np.ones(8, dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
-
-
 @pytest.fixture
 def tiny_gguf(tmp_path) -> Path:
     return write_tiny_gguf(tmp_path / "tiny.gguf")
-
-
-def shared_home(home: Path, real: Path, shared: tuple[str, ...]) -> Path:
-    """A haqa home of a test's own whose `shared` folders (sources, models, toolchains ...) are links
-    into the real home `real`: what is costly to make is shared, while the trial store starts empty."""
-    home.mkdir(parents=True, exist_ok=True)
-    for sub in shared:
-        (real / sub).mkdir(parents=True, exist_ok=True)
-        if not (home / sub).exists():
-            (home / sub).symlink_to(real / sub)
-    return home
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def device_env(directory: Path) -> dict[str, str]:
-    """The loopback device's session environment: this machine's compiler cache (CCACHE_DIR, when it is
-    set here: the device is this machine and user) and a ccache stats log of the device's own."""
-    env = {"CCACHE_STATSLOG": str(directory / "ccache-stats.log")}
-    if os.environ.get("CCACHE_DIR"):
-        env["CCACHE_DIR"] = os.environ["CCACHE_DIR"]
-    return env
-
-
-def ccache_log(log: Path) -> dict[str, list[str]]:
-    """ccache's counter updates per compiled file, from a stats log (CCACHE_STATSLOG):
-    {"../src/ggml.c": ["direct_cache_hit", ...], ...}."""
-    entries: dict[str, list[str]] = {}
-    current: list[str] = []
-    for line in log.read_text().splitlines() if log.exists() else []:
-        if line.startswith("# "):
-            current = entries.setdefault(line[2:], [])
-        elif line.strip():
-            current.append(line.strip())
-    return entries
 
 
 @pytest.fixture(scope="session")
@@ -143,8 +81,36 @@ def device_home(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("device-home")
 
 
-def connect_for(sshd, device_home, **over) -> Connect:
-    fields = dict(kind="ssh", host="127.0.0.1", port=sshd.port, user=sshd.user, key=str(sshd.client_key),
-                  known_hosts=str(sshd.known_hosts), workdir=str(device_home), reconnects=3, connect_timeout_s=10)
-    fields.update(over)
-    return Connect(**fields)
+# -- bundles (tests/support/bundles.py makes them) ----------------------------------------------
+
+@pytest.fixture
+def small_bundle(tmp_path) -> Path:
+    """A tiny GGUF, and a placeholder llama-server: for tests that must refuse before anything runs."""
+    placeholder = tmp_path / "placeholder-server"
+    placeholder.write_text("#!/bin/sh\necho 'placeholder: never started by these tests' >&2\nexit 1\n")
+    return make_bundle(tmp_path / "dist" / LABEL, write_tiny_gguf(tmp_path / "tiny.gguf"), placeholder,
+                       peak_bytes=64 * 2**20)
+
+
+@pytest.fixture(scope="module")
+def real_parts() -> tuple[Path, Path]:
+    """The real SmolLM2 GGUF and the static llama-server built for this machine (haqa's cache)."""
+    from haqa.config import find_file, load_recipe, load_target
+    from haqa.model.source import resolve_model
+    from haqa.runner import LocalRunner
+    from haqa.toolchain import ensure_toolchain
+
+    toolchain = ensure_toolchain(LocalRunner(), load_target("local"))
+    model = resolve_model(load_recipe(RECIPE), find_file("recipes", RECIPE).parent)
+    return model.path, Path(toolchain.bin("llama-server"))
+
+
+@pytest.fixture
+def real_bundle(real_parts, tmp_path) -> Path:
+    from haqa.model import memory
+
+    model, server = real_parts
+    facts = local_facts()
+    peak = memory.predict(memory.ModelShape.from_gguf(model), n_ctx=CONFIG.ctx_size, ubatch=CONFIG.ubatch_size,
+                          batch=CONFIG.batch_size, arch=facts["arch"], cpu_features=facts["cpu_features"])
+    return make_bundle(tmp_path / "dist" / LABEL, model, server, peak_bytes=round(peak.host))

@@ -3,7 +3,7 @@ and the one rule for what a proposer sees of a trial.
 
 It knows nothing of llama.cpp or devices: a deploy drives it with a `measure` that runs the candidate on
 the device (haqa/pipeline.py), the replay with one that reads a landscape's stored measurements
-(haqa/benchmarks/replay.py), and the fast tests with plain functions (tests/test_search.py).
+(haqa/benchmarks/replay.py), and the fast tests with plain functions (tests/agent/test_search.py).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import re
 from haqa.errors import did_you_mean
 
 # option(...) in CMakeLists.txt and ggml/CMakeLists.txt of llama.cpp 0c1e5709 (llama-cpp-python 0.3.36);
-# tests/test_catalog.py checks this list against the vendored source.
+# tests/catalog/test_catalog.py checks this list against the vendored source.
 BOOLEAN_OPTIONS = frozenset("""
 BUILD_SHARED_LIBS GGML_ACCELERATE GGML_ALL_WARNINGS GGML_ALL_WARNINGS_3RD_PARTY GGML_AMX_BF16 GGML_AMX_INT8
 GGML_AMX_TILE GGML_AVX GGML_AVX2 GGML_AVX512 GGML_AVX512_BF16 GGML_AVX512_VBMI GGML_AVX512_VNNI GGML_AVX_VNNI

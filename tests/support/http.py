@@ -3,6 +3,7 @@ a hosted LLM endpoint): each records the exact requests its client sent and answ
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
 import socket
@@ -76,3 +77,14 @@ class StandIn:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def ollama_answer(method: str, path: str, body: bytes):
+    """What an Ollama server answers to what `haqa ship --ollama` sends (its blob digests checked)."""
+    if path == "/api/tags":
+        return 200, {"models": []}
+    if path.startswith("/api/blobs/sha256:"):
+        return (201, {}) if hashlib.sha256(body).hexdigest() == path.rsplit(":", 1)[1] else (400, {"error": "digest"})
+    if path == "/api/create":
+        return 200, {"status": "success"}
+    return 404, {"error": "not found"}

@@ -16,13 +16,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from haqa.config.schema import Connect
+from tests.support.net import free_port
+
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _keygen(path: Path) -> None:
@@ -158,7 +155,7 @@ class SshServer:
 
 def start_server(directory: Path, extra_config: str = "", env: dict[str, str] | None = None) -> SshServer:
     directory.mkdir(parents=True, exist_ok=True)
-    return SshServer(directory, _free_port(), extra_config=extra_config, env=dict(env or {})).start()
+    return SshServer(directory, free_port(), extra_config=extra_config, env=dict(env or {})).start()
 
 
 class MemoryLimit:
@@ -236,3 +233,20 @@ class MemoryLimit:
                 return
             except OSError:
                 time.sleep(0.1)
+
+
+def device_env(directory: Path) -> dict[str, str]:
+    """The loopback device's session environment: this machine's compiler cache (CCACHE_DIR, when it is
+    set here: the device is this machine and user) and a ccache stats log of the device's own."""
+    env = {"CCACHE_STATSLOG": str(directory / "ccache-stats.log")}
+    if os.environ.get("CCACHE_DIR"):
+        env["CCACHE_DIR"] = os.environ["CCACHE_DIR"]
+    return env
+
+
+def connect_for(sshd: SshServer, device_home: Path, **over) -> Connect:
+    """The [connect] of a target reaching the loopback device through `sshd`, working in device_home."""
+    fields = dict(kind="ssh", host="127.0.0.1", port=sshd.port, user=sshd.user, key=str(sshd.client_key),
+                  known_hosts=str(sshd.known_hosts), workdir=str(device_home), reconnects=3, connect_timeout_s=10)
+    fields.update(over)
+    return Connect(**fields)
