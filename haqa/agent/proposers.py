@@ -1,6 +1,6 @@
 """Proposers behind one interface: `suggest(history)` gives the next candidate with a rationale;
 `observe(observation)` tells it what was measured. heuristic (model-based), random and grid here;
-the LLM proposer is in haqa/agent/llm.py.
+the LLM proposer is in haqa/agent/llm/.
 """
 
 from __future__ import annotations

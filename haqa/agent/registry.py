@@ -1,6 +1,6 @@
 """The proposers haqa knows, by name, and how each is made: `haqa deploy --agent`, the deploy itself,
 `haqa bench search --proposer` and the replay all take their names and their proposers from here. The
-LLM backends (openai, ollama, embedded) are made by haqa/agent/llm.py; this module names them."""
+LLM backends (openai, ollama, embedded) are made by haqa/agent/llm/backends.py; this module names them."""
 
 from __future__ import annotations
 
