@@ -169,7 +169,7 @@ def _search(runner, prepared: Prepared, proposer, target: Target, recipe: Recipe
 
     def observe(cand, trial):
         return observation(cand, trial, budget=recipe.quality, objective=recipe.objective,
-                           prompt_tokens=recipe.workload.prompt_tokens, synthetic=synthetic)
+                           workload=recipe.workload, synthetic=synthetic)
 
     def reported(finished):
         if finished.trial.ok:
@@ -203,9 +203,9 @@ def _final_word(runner, prepared: Prepared, search: Search, recipe: Recipe, sour
     recipe skips it): the winner and the comparison."""
     measure, synthetic, base = prepared.measure, source_facts.synthetic, prepared.base
     all_trials = search.all_trials()
-    scorer = lambda t: obj.score(t.bench, recipe.objective, recipe.workload.prompt_tokens)  # noqa: E731
+    scorer = lambda t: obj.score(t.bench, recipe.objective, recipe.workload)  # noqa: E731
     try:
-        leader = choose(all_trials, recipe.quality, synthetic=synthetic, key=scorer)
+        leader = choose(all_trials, recipe.quality, synthetic=synthetic, key=scorer, limits=recipe.workload)
     except NothingFeasible as e:
         raise UserError(f"no candidate of {label} is within the quality budget (max_kld {recipe.quality.max_kld}): {e}",
                         hint="raise [quality].max_kld in the recipe or add higher-precision quants to "
@@ -239,7 +239,7 @@ def _bundle(runner, prepared: Prepared, search: Search, proposer, agent_used: st
     kld = f"KLD {winner.quality.kld_mean:.4f}" if winner.quality else "quality not reported (synthetic)"
     ui.step(f"chose {winner.name}: decode {winner.bench.decode.mean:.1f} tok/s "
             f"{'side by side' if comparison else 'in the search'}, {kld} "
-            f"({obj.describe(recipe.objective, w.prompt_tokens)}, within the quality budget)")
+            f"({obj.describe(recipe.objective, w)}, within the quality budget)")
     device_candidate, sha = measure.prepare(winner.quant)
     if sha != winner.model_sha256:
         raise UserError(f"the {winner.quant} candidate {device_candidate} is not the file the chosen configuration "
@@ -255,7 +255,7 @@ def _bundle(runner, prepared: Prepared, search: Search, proposer, agent_used: st
     selection = {"proposer": agent_used, "trials": len(search.trials), "new_trials": search.new_trials,
                  "stop": search.stop_reason, "reruns_after_drift": search.reruns,
                  "llm_fallbacks": getattr(proposer, "fallbacks", 0), "llm_replies": getattr(proposer, "replies", 0),
-                 "space_size": prepared.space.size(), "objective": obj.describe(recipe.objective, w.prompt_tokens),
+                 "space_size": prepared.space.size(), "objective": obj.describe(recipe.objective, w),
                  "pareto_front": [f"{t.name} ({t.config.describe()})" for t in front]}
     lock = build_lock(target=target, recipe=recipe, source=model, source_facts=source_facts,
                       toolchain=prepared.toolchain, model_file=candidate, winner=winner,
@@ -302,7 +302,7 @@ def _first_gib(text: str) -> float:
 
 def _report(trial: Trial, origin: str, recipe: Recipe, synthetic: bool) -> Trial:
     b, q = trial.bench, trial.quality
-    ok, _ = within_budget(trial, recipe.quality, synthetic=synthetic)
+    ok, _ = within_budget(trial, recipe.quality, synthetic=synthetic, limits=recipe.workload)
     rss = f", peak RSS {b.peak_rss_bytes / 2**20:.0f} MiB" if b.peak_rss_bytes else ""
     kld = f"KLD {q.kld_mean:.4f}{'' if ok else ' (over budget)'}" if q else "synthetic"
     ui.note(f"{trial.name:>12}: decode {b.decode.mean:7.1f} ± {b.decode.stddev:.1f} tok/s (n={b.decode.repetitions}), "

@@ -155,7 +155,8 @@ def deploy_from_lock(lock_path: Path, target_name: str | None = None, out: Path 
         local_model = runner.fetch(candidate)
         trial = Trial(quant, config, bench, quality, sha, memory=_memory(predicted_peak(
             target, ModelShape.from_gguf(local_model), config, tokens=config.ctx_size), bench))
-        ok, why = within_budget(trial, recipe.quality, synthetic=source_facts.synthetic)
+        ok, why = within_budget(trial, recipe.quality, synthetic=source_facts.synthetic,
+                                 limits=recipe.workload)
         if not ok:
             raise UserError(f"the locked configuration is over the quality budget on this device: {why}",
                             hint=f"search anew: haqa deploy --target {target.name} --recipe {recipe.name}")

@@ -28,7 +28,7 @@ def prompt_facts(target: Target, recipe: Recipe, source_facts, quants, shape_for
         "model": {"architecture": source_facts.architecture, "name": source_facts.name,
                   "parameters": source_facts.n_params, "layers": source_facts.n_layers,
                   "source_type": source_facts.file_type, "synthetic": source_facts.synthetic},
-        "objective": obj.describe(recipe.objective, recipe.workload.prompt_tokens),
+        "objective": obj.describe(recipe.objective, recipe.workload),
         "constraints": {"max_kld": recipe.quality.max_kld, "max_ppl_ratio": recipe.quality.max_ppl_ratio,
                         "min_context": recipe.workload.min_context,
                         "memory_budget_gib": round(host_budget_bytes(target) / 2**30, 2)},

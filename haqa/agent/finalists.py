@@ -32,14 +32,16 @@ def finalists(trials: list[Trial], leader: Trial, recipe: Recipe, synthetic: boo
     """The search's leader, the feasible trials whose score is within measurement noise of it (at most
     FINALISTS in all), and the default deployment's own trial when it was feasible: the search measured
     them at different times, so the final word goes to a side-by-side re-measurement."""
-    feasible = sorted((t for t in trials if within_budget(t, recipe.quality, synthetic=synthetic)[0]),
+    feasible = sorted((t for t in trials
+                       if within_budget(t, recipe.quality, synthetic=synthetic, limits=recipe.workload)[0]),
                       key=scorer, reverse=True)
     best = scorer(leader)
     out = [leader]
     for t in feasible:
         if len(out) >= FINALISTS:
             break
-        noise = max(obj.noise(t.bench, recipe.objective), obj.noise(leader.bench, recipe.objective))
+        noise = max(obj.noise(t.bench, recipe.objective, recipe.workload),
+                    obj.noise(leader.bench, recipe.objective, recipe.workload))
         if t is not leader and scorer(t) >= best - abs(best) * max(2 * noise, 0.02):
             out.append(t)
     dflt = next((t for t in feasible if t.quant == DEFAULT_QUANT and t.config == default), None)
@@ -89,7 +91,7 @@ def compare_with_baselines(runner, toolchain, recipe: Recipe, source_facts, fina
     def side(label: str) -> cmp.Side:
         return by_key[labels[label]]
 
-    scored = [(obj.score(side(f"finalist {i + 1}").pooled(), recipe.objective, w.prompt_tokens), i)
+    scored = [(obj.score(side(f"finalist {i + 1}").pooled(), recipe.objective, w), i)
               for i in range(len(finalists)) if side(f"finalist {i + 1}").measured]
     if not scored:
         raise UserError("every finalist failed when it was measured again side by side; see the logs in "

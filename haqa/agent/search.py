@@ -17,7 +17,7 @@ from haqa.agent import objective as obj
 from haqa.agent.proposers import Observation, Proposer
 from haqa.agent.select import Trial, within_budget
 from haqa.agent.space import Candidate, SearchSpace
-from haqa.config.schema import Objective
+from haqa.config.schema import Objective, Workload
 from haqa.config.schema import Quality as QualityBudget
 from haqa.measure.bench import BenchResult
 from haqa.measure.quality import Quality
@@ -27,17 +27,17 @@ ENVIRONMENT_CAUSES = ("connection", "disk")
 MAX_ATTEMPTS_UNDER_DRIFT = 2  # a third measurement under drift is kept: the side-by-side re-measures anyway
 
 
-def observation(cand: Candidate, trial: Trial, *, budget: QualityBudget, objective: Objective, prompt_tokens: int,
+def observation(cand: Candidate, trial: Trial, *, budget: QualityBudget, objective: Objective, workload: Workload,
                 synthetic: bool) -> Observation:
     """What a proposer sees of a finished trial: speed, quality, whether it is within the quality budget,
-    and its objective score (only when within it) with the score's noise."""
+    and the workload's limits, and its objective score (only when within them) with the score's noise."""
     if not trial.ok:
         return Observation(cand, False, cause=trial.cause)
-    ok, _ = within_budget(trial, budget, synthetic=synthetic)
+    ok, _ = within_budget(trial, budget, synthetic=synthetic, limits=workload)
     return Observation(cand, True, decode=trial.bench.decode.mean, prefill=trial.bench.prefill.mean,
                        kld=trial.quality.kld_mean if trial.quality else None, within_budget=ok,
-                       score=obj.score(trial.bench, objective, prompt_tokens) if ok else None,
-                       noise=obj.noise(trial.bench, objective))
+                       score=obj.score(trial.bench, objective, workload) if ok else None,
+                       noise=obj.noise(trial.bench, objective, workload))
 
 
 def staleness(history: Iterable[Observation]) -> int:

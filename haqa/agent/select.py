@@ -1,6 +1,7 @@
-"""Pick the winner among measured trials: the fastest decode among those within the quality budget.
+"""Pick the winner among measured trials: the best objective among those within the quality budget and
+the workload's limits.
 
-A trial over the budget is never chosen. The agent replaces how candidates are proposed, not this
+A trial over the budget or outside the limits is never chosen. The agent replaces how candidates are proposed, not this
 rule's guarantee.
 """
 
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from haqa.agent.objective import within_limits
 from haqa.config.schema import Quality as QualityBudget
+from haqa.config.schema import Workload
 from haqa.measure.bench import BenchResult
 from haqa.measure.quality import Quality
 from haqa.runtime import RuntimeConfig
@@ -40,9 +43,16 @@ class Trial:
 SYNTHETIC_NOTE = "synthetic weights: quality is not reported, so the budget cannot apply"
 
 
-def within_budget(trial: Trial, budget: QualityBudget, *, synthetic: bool = False) -> tuple[bool, str]:
+def within_budget(trial: Trial, budget: QualityBudget, *, synthetic: bool = False,
+                  limits: Workload | None = None) -> tuple[bool, str]:
+    """Whether a trial may be chosen: measured, within the quality budget and (when given) within the
+    workload's limits; with the reason."""
     if not trial.ok:
         return False, "not measured"
+    if limits is not None:
+        ok, why = within_limits(trial.bench, limits)
+        if not ok:
+            return False, why
     if synthetic:
         return True, SYNTHETIC_NOTE
     if trial.quality is None:
@@ -59,9 +69,11 @@ class NothingFeasible(Exception):
     pass
 
 
-def choose(trials: list[Trial], budget: QualityBudget, *, synthetic: bool = False, key=None) -> Trial:
-    feasible = [t for t in trials if within_budget(t, budget, synthetic=synthetic)[0]]
+def choose(trials: list[Trial], budget: QualityBudget, *, synthetic: bool = False, key=None,
+           limits: Workload | None = None) -> Trial:
+    feasible = [t for t in trials if within_budget(t, budget, synthetic=synthetic, limits=limits)[0]]
     if not feasible:
-        reasons = "; ".join(f"{t.name}: {within_budget(t, budget, synthetic=synthetic)[1]}" for t in trials)
+        reasons = "; ".join(f"{t.name}: {within_budget(t, budget, synthetic=synthetic, limits=limits)[1]}"
+                            for t in trials)
         raise NothingFeasible(reasons)
     return max(feasible, key=key or (lambda t: t.bench.decode.mean))

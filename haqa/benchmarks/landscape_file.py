@@ -15,7 +15,7 @@ from haqa.agent.proposers import Observation
 from haqa.agent.search import observation
 from haqa.agent.select import Trial
 from haqa.agent.space import KNOBS, Candidate, SearchSpace
-from haqa.config.schema import Objective
+from haqa.config.schema import Objective, Workload
 from haqa.config.schema import Quality as QualityBudget
 from haqa.errors import UserError
 from haqa.fsutil import atomic_write_text
@@ -66,7 +66,8 @@ class Landscape:
         r = data["recipe"]
         self.budget = QualityBudget(**r["quality_budget"])
         self.objective = Objective(**r["objective"])
-        self.prompt_tokens = int(r["workload"]["prompt_tokens"])
+        self.workload = Workload(**r["workload"])
+        self.prompt_tokens = self.workload.prompt_tokens
         self.synthetic = bool(data["synthetic"])
         self.label = data["label"]
         self.dims = data["space"]["dims"]
@@ -130,7 +131,7 @@ class Landscape:
 
     def observe(self, cand: Candidate) -> Observation:
         return observation(cand, self.trial(self.point(cand), cand), budget=self.budget, objective=self.objective,
-                           prompt_tokens=self.prompt_tokens, synthetic=self.synthetic)
+                           workload=self.workload, synthetic=self.synthetic)
 
     def observations(self) -> list[tuple[dict, Observation]]:
         space = self.space()

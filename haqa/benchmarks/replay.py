@@ -104,7 +104,7 @@ def replay(land: Landscape, proposer: Proposer, *, budget: int = 20, seed: int =
     search = Search(proposer=proposer, measure=lambda cand: land.trial(land.point(cand), cand),
                     observe=lambda cand, trial: observation(cand, trial, budget=land.budget,
                                                             objective=land.objective,
-                                                            prompt_tokens=land.prompt_tokens,
+                                                            workload=land.workload,
                                                             synthetic=land.synthetic),
                     stop=stop, watch=watch, on_trial=measured)
     started = time.monotonic()

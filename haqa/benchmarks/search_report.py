@@ -65,7 +65,7 @@ def landscape_table(land: Landscape, summaries: dict[str, Summary], budget: int)
     fixed = ", ".join(f"{k} {vals[0]}" for k, vals in dims.items() if len(vals) == 1)
     bp = f["best_point"]
     bd = bp["bench"]["decode"]
-    obj_text = obj.describe(land.objective, land.prompt_tokens)
+    obj_text = obj.describe(land.objective, land.workload)
     budget_text = "none (synthetic)" if land.synthetic else f"mean KLD <= {land.budget.max_kld}"
     lines = [
         f"### {land.label}: {model['source']} ({model['n_params'] / 1e6:.0f}M parameters, {model['n_layers']} layers, "

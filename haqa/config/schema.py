@@ -273,13 +273,31 @@ class Quality(_Strict):
 
 
 class Workload(_Strict):
+    """The requests the deployment serves: a prompt of `prompt_tokens`, `gen_tokens` generated, from
+    `concurrency` users at once; optional limits a configuration must meet to be chosen."""
+
     min_context: int = Field(ge=256)
     prompt_tokens: int = Field(gt=0)
     gen_tokens: int = Field(gt=0)
+    concurrency: int = Field(default=1, ge=1, le=64)  # parallel users (llama-server slots)
+    max_ttft_ms: float | None = Field(default=None, gt=0)  # time to first token of one request
+    min_decode_tps: float | None = Field(default=None, gt=0)  # generation speed one user sees
+
+    @model_validator(mode="after")
+    def _fits_in_context(self) -> Workload:
+        if self.prompt_tokens + self.gen_tokens > self.min_context:
+            raise ValueError(f"a request ({self.prompt_tokens} prompt + {self.gen_tokens} generated tokens) "
+                             f"does not fit in min_context = {self.min_context}; raise min_context to at least "
+                             f"{self.prompt_tokens + self.gen_tokens}")
+        return self
 
 
 class Objective(_Strict):
-    metric: Literal["decode", "prefill", "ttft", "mix"] = "decode"
+    """What the search maximises. `request` (the default): the time of one workload request, time to
+    first token plus generation at the prompt's depth; `decode`, `prefill`, `ttft` and `mix` optimise
+    one side of it."""
+
+    metric: Literal["request", "decode", "prefill", "ttft", "mix"] = "request"
     decode_weight: float = Field(default=1.0, ge=0)  # for "mix": a weighted geometric mean of tok/s
     prefill_weight: float = Field(default=0.0, ge=0)
 

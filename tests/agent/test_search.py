@@ -17,6 +17,7 @@ from haqa.agent.select import Trial
 from haqa.agent.space import Candidate, build_space
 from haqa.agent.store import TrialStore
 from haqa.config import load_recipe, load_target
+from haqa.config.schema import Objective
 from haqa.measure.bench import BenchResult, Throughput
 from haqa.measure.drift import DriftGuard
 from haqa.model import memory
@@ -37,7 +38,7 @@ def _bench(decode: float) -> BenchResult:
 def _observe(cand, trial):
     # synthetic: no quality, so the budget does not apply and every measured trial has a score
     return observation(cand, trial, budget=RECIPE.quality, objective=RECIPE.objective,
-                       prompt_tokens=RECIPE.workload.prompt_tokens, synthetic=True)
+                       workload=RECIPE.workload, synthetic=True)
 
 
 class Device:
@@ -177,10 +178,20 @@ def test_a_watched_rule_is_recorded_not_applied(space):
 def test_what_a_proposer_sees_of_a_trial(space):
     cand = _quants_only(space)[0]
     failed = observation(cand, Trial(cand.quant, cand.config, None, cause="oom"), budget=RECIPE.quality,
-                         objective=RECIPE.objective, prompt_tokens=256, synthetic=False)
+                         objective=RECIPE.objective, workload=RECIPE.workload, synthetic=False)
     assert (failed.ok, failed.cause, failed.score) == (False, "oom", None)
     seen = _observe(cand, Trial(cand.quant, cand.config, _bench(50.0)))
-    assert seen.ok and seen.within_budget and seen.score == pytest.approx(50.0) and seen.noise < 0.01
+    # the default objective: requests per second of the workload (256 prompt tokens at 250 tok/s, 64 at 50)
+    assert RECIPE.objective.metric == "request"
+    assert seen.ok and seen.within_budget and seen.noise < 0.01
+    assert seen.score == pytest.approx(1 / (256 / 250 + 64 / 50))
+    decode = observation(cand, Trial(cand.quant, cand.config, _bench(50.0)), budget=RECIPE.quality,
+                         objective=Objective(metric="decode"), workload=RECIPE.workload, synthetic=True)
+    assert decode.score == pytest.approx(50.0)
+    slow = observation(cand, Trial(cand.quant, cand.config, _bench(50.0)), budget=RECIPE.quality,
+                       objective=RECIPE.objective, workload=RECIPE.workload.model_copy(update={"min_decode_tps": 60}),
+                       synthetic=True)
+    assert slow.ok and not slow.within_budget and slow.score is None  # outside the workload's limits
 
 
 # -- the memory gate ----------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def _shape(value):
 @pytest.mark.parametrize("path", KEPT, ids=lambda p: p.relative_to(REPO).as_posix())
 def test_every_kept_lock_loads_and_is_written_back_byte_for_byte(path):
     lock = load(path)
-    assert lock.schema_ == SCHEMA == 2
+    assert lock.schema_ == 2 and SCHEMA == 3  # schema 2 locks (the kept ones) still read
     text = path.read_text()
     indent = 1 if "/tuned/" in path.as_posix() else 2
     assert lock.dumps(indent=indent) == text
@@ -53,9 +53,10 @@ def test_every_kept_lock_loads_and_is_written_back_byte_for_byte(path):
 
 
 @pytest.mark.parametrize("schema, says, hint", [
-    (1, "lock schema 1 is not the one this haqa reads (2): an older haqa wrote it", "deploy again with `haqa deploy`"),
-    (3, "lock schema 3 was written by a newer haqa; this haqa reads lock schema 2", "upgrade haqa"),
-    ("2", "its 'schema' is '2', not a lock schema number (this haqa reads lock schema 2)", "haqa deploy"),
+    (1, "lock schema 1 is not one this haqa reads (lock schemas 2 to 3): an older haqa wrote it",
+     "deploy again with `haqa deploy`"),
+    (4, "lock schema 4 was written by a newer haqa; this haqa reads lock schemas 2 to 3", "upgrade haqa"),
+    ("2", "its 'schema' is '2', not a lock schema number (this haqa reads lock schemas 2 to 3)", "haqa deploy"),
     (None, "its 'schema' is None, not a lock schema number", "haqa deploy"),
 ])
 def test_a_lock_of_another_schema_is_refused_with_the_schema_this_haqa_reads(schema, says, hint):
@@ -92,7 +93,7 @@ def test_a_trial_that_says_ok_without_measurements_is_refused():
 
 def test_build_writes_the_shape_of_the_locks_the_current_main_wrote(tmp_path):
     """The inputs of a search (real dataclasses, figures from a kept lock) through `build`: the lock it
-    makes has the keys, in the order, of the lock that run wrote (so the schema stays 2)."""
+    makes has the keys, in the order, of the lock that run wrote, and schema 3's additions."""
     kept = json.loads(TUNED.read_text())
     recipe, target = load_recipe("smollm2-135m"), load_target("local")
     m = kept["metrics"]
@@ -115,6 +116,10 @@ def test_build_writes_the_shape_of_the_locks_the_current_main_wrote(tmp_path):
                  selection={k: v for k, v in kept["selection"].items() if k != "rule"}, comparison=kept["comparison"])
     built = lock.model_copy(update={"files": kept["files"]}).to_dict()
     kept["target"]["facts"] = target.model_dump(mode="json")  # this machine's facts, whatever it is
+    # what schema 3 added to the shape schema 2 had: the workload's concurrency and limits
+    kept["schema"] = 3
+    kept["recipe"]["workload"] = recipe.workload.model_dump(mode="json")
+    assert list(kept["recipe"]["workload"])[3:] == ["concurrency", "max_ttft_ms", "min_decode_tps"]
     assert _shape(built) == _shape(kept)
     assert built["metrics"]["speed_basis"].startswith("the side-by-side re-measurement (3 interleaved rounds")
     assert lock.metrics.bench.decode.mean == m["bench"]["decode"]["mean"] and lock.label == "smollm2-135m@local"

@@ -24,7 +24,7 @@ def trial_record(t: Trial, recipe: Recipe, synthetic: bool) -> dict:
     """A trial as the lock records it: its measurements and verdict, or why it failed."""
     rec = {"name": t.name, "quant": t.quant, "config": t.config.as_dict(), "status": "ok" if t.ok else "failed"}
     if t.ok:
-        ok, why = within_budget(t, recipe.quality, synthetic=synthetic)
+        ok, why = within_budget(t, recipe.quality, synthetic=synthetic, limits=recipe.workload)
         rec["bench"] = t.bench.as_dict()
         if t.memory:
             rec["memory"] = t.memory

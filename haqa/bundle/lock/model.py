@@ -34,7 +34,10 @@ from haqa.bundle.lock.records import (
 from haqa.config.schema import Name, Target, Workload
 from haqa.config.schema import Quality as QualityBudget
 
-SCHEMA = 2  # the shape of the JSON: raised only when the written JSON changes shape
+SCHEMA = 3  # the shape of the JSON: raised only when the written JSON changes shape
+# Schemas this haqa reads. 3 added the workload's concurrency and limits (recipe.workload) and the load test
+# of the bundle's llama-server (comparison.load_test); a schema-2 lock reads as one without them.
+READABLE = (2, 3)
 
 
 class Runtime(Knobs):
@@ -153,7 +156,7 @@ class ReproducedFrom(Table):
 class Lock(Table):
     """haqa.lock.json: what was chosen, for which device and model, and how it was measured."""
 
-    schema_: Literal[SCHEMA] = Field(alias="schema")  # type: ignore[valid-type]
+    schema_: Literal[2, 3] = Field(alias="schema")
     haqa_version: StrictStr
     created: StrictStr
     target: LockedTarget

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from haqa.bundle.lock.model import SCHEMA, Lock
+from haqa.bundle.lock.model import READABLE, SCHEMA, Lock
 from haqa.errors import UserError
 
 LOCK_NAME = "haqa.lock.json"
@@ -46,15 +46,16 @@ def read_json(path: Path) -> dict:
 def check_schema(data: dict, where: Path) -> None:
     """A UserError unless the lock is of the schema this haqa reads, saying which one it needs."""
     found = data.get("schema")
-    if type(found) is int and found == SCHEMA:
+    reads = f"lock schemas {READABLE[0]} to {READABLE[-1]}"
+    if type(found) is int and found in READABLE:
         return
     if type(found) is not int:
         raise UserError(f"{where} is not a haqa lock: its 'schema' is {found!r}, not a lock schema number "
-                        f"(this haqa reads lock schema {SCHEMA})", hint=REDEPLOY)
+                        f"(this haqa reads {reads})", hint=REDEPLOY)
     if found > SCHEMA:
-        raise UserError(f"{where}: lock schema {found} was written by a newer haqa; this haqa reads lock schema "
-                        f"{SCHEMA}", hint="upgrade haqa to read it, or deploy again with this one (`haqa deploy`)")
-    raise UserError(f"{where}: lock schema {found} is not the one this haqa reads ({SCHEMA}): an older haqa wrote it",
+        raise UserError(f"{where}: lock schema {found} was written by a newer haqa; this haqa reads {reads}",
+                        hint="upgrade haqa to read it, or deploy again with this one (`haqa deploy`)")
+    raise UserError(f"{where}: lock schema {found} is not one this haqa reads ({reads}): an older haqa wrote it",
                     hint="deploy again with `haqa deploy` to write a current lock")
 
 
