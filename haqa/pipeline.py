@@ -227,7 +227,7 @@ def _final_word(runner, prepared: Prepared, search: Search, recipe: Recipe, sour
     chosen = finalists(all_trials, leader, recipe, synthetic, scorer, base)
     compare = functools.partial(compare_with_baselines, runner, prepared.toolchain, recipe, source_facts, chosen,
                                 prepare=lambda q: measure.prepare(q)[0], fits=prepared.gate, default=base,
-                                quality_of=quality_of)
+                                quality_of=quality_of, prompt_text=corpus.path.read_text(errors="replace"))
     return compared(label, chosen, measure.key, recipe=recipe, default=base, compare=compare)
 
 

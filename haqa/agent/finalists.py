@@ -12,6 +12,7 @@ import json
 
 from haqa import ui
 from haqa.agent import objective as obj
+from haqa.agent.final_load import load_test_of
 from haqa.agent.select import Trial, within_budget
 from haqa.agent.space import Candidate
 from haqa.config.schema import Recipe
@@ -57,7 +58,8 @@ def compared(label: str, chosen: list[Trial], key_of, *, recipe: Recipe, default
     rounds, reps = recipe.search.compare_rounds, recipe.search.compare_repetitions
     compare_key = hashlib.sha256(json.dumps(
         {"finalists": [key_of(Candidate(t.quant, t.config)) for t in chosen], "default": default.as_dict(),
-         "rounds": rounds, "repetitions": reps}, sort_keys=True).encode()).hexdigest()[:20]
+         "rounds": rounds, "repetitions": reps, "load": [recipe.search.load_rounds, recipe.search.load_requests],
+         "workload": recipe.workload.model_dump(mode="json")}, sort_keys=True).encode()).hexdigest()[:20]
     cache = cache_home() / "comparisons" / f"{label}-{compare_key}.json"
     if cache.exists():
         saved = json.loads(cache.read_text())
@@ -73,10 +75,11 @@ def compared(label: str, chosen: list[Trial], key_of, *, recipe: Recipe, default
 
 
 def compare_with_baselines(runner, toolchain, recipe: Recipe, source_facts, finalists: list[Trial], *, prepare, fits,
-                           default: RuntimeConfig, quality_of) -> tuple[Trial, dict]:
+                           default: RuntimeConfig, quality_of, prompt_text: str) -> tuple[Trial, dict]:
     """Re-measure the finalists side by side with (a) the default deployment, Q4_K_M with llama.cpp's
     default flags, and (b) the unquantized model with default flags, in interleaved rounds. The
-    finalist with the best objective there wins; it is reported as "tuned" against (a) and (b)."""
+    finalist with the best objective there wins; it is reported as "tuned" against (a) and (b). Then the
+    load test of its llama-server against (a)'s (haqa/agent/final_load.py), which may choose (a)."""
     w = recipe.workload
     rounds, reps = recipe.search.compare_rounds, recipe.search.compare_repetitions
     wanted = _wanted(finalists, source_facts, default)
@@ -97,13 +100,24 @@ def compare_with_baselines(runner, toolchain, recipe: Recipe, source_facts, fina
         raise UserError("every finalist failed when it was measured again side by side; see the logs in "
                         f"{runner.local_dir('logs')}", hint="run the deploy again; if it persists, run `haqa doctor`")
     _, best = max(scored)
-    # The winner's figures are its side-by-side ones: more samples, and taken beside the baselines.
-    winner = dataclasses.replace(finalists[best], bench=side(f"finalist {best + 1}").pooled())
     if best != 0:
-        ui.note(f"side by side, {winner.name} ({winner.config.describe()}) beat the search's leader "
-                f"{finalists[0].name}: it is chosen")
+        ui.note(f"side by side, {finalists[best].name} ({finalists[best].config.describe()}) beat the search's "
+                f"leader {finalists[0].name}: it is chosen")
     out = {"method": cmp.METHOD, "rounds": rounds, "repetitions_per_round": reps,
            "workload": w.model_dump(), "finalists": len(finalists), "contenders": {}, "ratios": {}}
+    if recipe.search.load_rounds:
+        out["load_test"], default_wins = load_test_of(
+            runner, toolchain, recipe, side(f"finalist {best + 1}").contender, side("default").contender,
+            prompt_text=prompt_text)
+        dflt = next((i for i in range(len(finalists)) if labels[f"finalist {i + 1}"] == labels["default"]), None)
+        if default_wins and dflt is not None:
+            best = dflt
+        elif default_wins:
+            out["load_test"]["decided"] += " (it is not: the default deployment is not a feasible finalist)"
+            ui.note("the load test found the tuned configuration slower than the default deployment, which is "
+                    "not within the quality budget or the workload's limits: the tuned one stays")
+    # The winner's figures are its side-by-side ones: more samples, and taken beside the baselines.
+    winner = dataclasses.replace(finalists[best], bench=side(f"finalist {best + 1}").pooled())
     descriptions = {label: d for label, _, _, d in wanted}
     _summaries(out, side, best, winner, finalists, labels, descriptions, recipe, quality_of)
     tuned = side(f"finalist {best + 1}")

@@ -97,6 +97,41 @@ def _trials(lock: Lock) -> list[str]:
     return rows
 
 
+def _load_test(lock: Lock) -> list[str]:
+    comp = lock.comparison or lock.original_comparison
+    lt = comp.load_test if comp else None
+    if lt is None:
+        return ["No load test was made in this run.", ""]
+    w = comp.workload
+    rows = ["| deployment | quant | request time | TTFT | decode tok/s (one user) | p95 request | aggregate tok/s "
+            "| peak RSS |", "|---|---|---|---|---|---|---|---|"]
+    for label, side in lt.contenders.items():
+        if not side.measured:
+            rows.append(f"| {label} | {side.quant} | {side.not_measured or 'not measured'} | | | | | |")
+            continue
+        t, f, d, p95, agg = side.request_s, side.ttft_s, side.decode_tps, side.p95_request_s, side.aggregate_tps
+        rows.append(f"| {label} | {side.quant} | {t.median * 1000:.0f} ms ({t.min * 1000:.0f}..{t.max * 1000:.0f}) "
+                    f"| {f.median * 1000:.0f} ms ({f.min * 1000:.0f}..{f.max * 1000:.0f}) "
+                    f"| {d.median:.1f} ({d.min:.1f}..{d.max:.1f}) | {p95.median * 1000:.0f} ms "
+                    f"| {agg.median:.1f} ({agg.min:.1f}..{agg.max:.1f}) | {_mib(side.peak_rss_bytes)} |")
+    ratio_rows = ["| ratio | request time | TTFT | decode (one user) | aggregate tok/s |", "|---|---|---|---|---|"]
+    for name, r in lt.ratios.items():
+        if isinstance(r, str):
+            ratio_rows.append(f"| {name} | {r} | | | |")
+            continue
+        cells = [f"x{r[k].median:.2f} ({r[k].min:.2f}..{r[k].max:.2f})" if k in r else "n/a"
+                 for k in ("request_s", "ttft_s", "decode_tps", "aggregate_tps")]
+        ratio_rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return [
+        f"The bundle's own llama-server and flags under the workload's requests: {lt.method}. {lt.rounds} rounds, "
+        f"{lt.concurrency} client(s) x {lt.requests_per_client} request(s) each, {w.prompt_tokens} prompt tokens "
+        f"and {w.gen_tokens} generated per request. Times are medians (min..max over rounds).",
+        "", *rows, "", *ratio_rows, "",
+        "Ratios above 1 mean the tuned deployment is better for users (a shorter time, more tokens/s). "
+        f"What decided: {lt.decided}.", "",
+    ]
+
+
 def _chosen(lock: Lock) -> list[str]:
     m, hw = lock.metrics, lock.target.facts.hardware
     b, q, budget = m.bench, m.quality, lock.recipe.quality_budget
@@ -151,6 +186,9 @@ def render(lock: Lock) -> str:
         "## Against what users run today",
         "",
         *_comparison(lock),
+        "## Through llama-server: the load test",
+        "",
+        *_load_test(lock),
         "## Speed against quality",
         "",
         "![decode speed against KLD for every trial](pareto.png)",

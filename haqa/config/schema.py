@@ -237,6 +237,10 @@ class Search(_Strict):
     # the report then has no baseline ratios).
     compare_rounds: int = Field(default=3, ge=0, le=10)
     compare_repetitions: int = Field(default=3, ge=1, le=10)
+    # Then the load test of the bundle's llama-server, tuned against the default deployment: interleaved
+    # rounds x requests per client (each of the workload's `concurrency` clients). 0 rounds skips it.
+    load_rounds: int = Field(default=3, ge=0, le=10)
+    load_requests: int = Field(default=2, ge=1, le=50)
 
     @field_validator("quants")
     @classmethod

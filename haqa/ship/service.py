@@ -2,7 +2,7 @@
 launchd agent (macOS), or else a detached process with a pid file and a log in the install folder.
 The unit and the agent are rendered by haqa/bundle/services.py, as the bundle's own copies are.
 
-The detached process's scripts are constants that take every value as "$@"."""
+The detached process is haqa/runner/detached.py's."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import PurePath, PurePosixPath
 from haqa import ui
 from haqa.bundle.services import LOG, InstallFolder, agent_label, launchd_plist, service_name, systemd_unit
 from haqa.errors import UserError
+from haqa.runner import detached
 from haqa.runner.base import Runner
 from haqa.ship.device import check, device_path
 from haqa.ship.verify import Bundle
@@ -20,19 +21,6 @@ from haqa.ship.verify import Bundle
 LOG_LINES = 40
 PIDFILE = "server.pid"
 
-# Detached process fallback (no user systemd): constant scripts, values as "$@". A zombie is not alive.
-_PID = ('alive() { kill -0 "$1" 2>/dev/null && ! grep -q "^State:.*Z" "/proc/$1/status" 2>/dev/null; }; '
-        'pid=$(cat "$1" 2>/dev/null); case $pid in ""|*[!0-9]*) pid= ;; esac; ')
-_RUNNING = _PID + '[ -n "$pid" ] && alive "$pid"'
-# Stop the process the pid file names only if it is this bundle's server (its command line names the
-# install folder), so a pid that another program got since is never signalled.
-_STOP = _PID + (
-    'if [ -n "$pid" ] && alive "$pid" && grep -qF -- "$2/" "/proc/$pid/cmdline" 2>/dev/null; then '
-    'kill -TERM "$pid"; i=0; while alive "$pid" && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; '
-    'alive "$pid" && kill -KILL "$pid"; echo stopped; fi; rm -f "$1"')
-_START = ('command -v setsid >/dev/null 2>&1 || { echo "setsid is not installed on the device" >&2; exit 3; }; '
-          'dir=$1 pidfile=$2 log=$3; shift 3; cd "$dir" || exit 1; '
-          'setsid "$@" </dev/null >"$log" 2>&1 & echo $! >"$pidfile"')
 _HAS_USER_SYSTEMD = "command -v systemctl >/dev/null 2>&1 && systemctl --user show-environment >/dev/null 2>&1"
 _CONFIG_HOME = 'printf "%s" "${XDG_CONFIG_HOME:-$HOME/.config}"'
 
@@ -149,16 +137,20 @@ class ProcessService(Service):
     mode = "detached process"
 
     def stop(self) -> bool:
-        r = check(self.runner, ["sh", "-c", _STOP, "haqa-ship", str(self.dest / PIDFILE), str(self.dest)],
-                  "stopping the previous server")
+        r = detached.stop(self.runner, self.dest / PIDFILE, self.dest)
+        if not r.ok:
+            raise UserError(f"stopping the previous server failed on the device (exit {r.returncode}): "
+                            f"{r.stderr_tail[-800:] or r.stdout[-800:]}")
         return "stopped" in r.stdout
 
     def start(self) -> None:
-        check(self.runner, ["sh", "-c", _START, "haqa-ship", str(self.dest), str(self.dest / PIDFILE),
-                            str(self.dest / LOG), *self.command], "starting llama-server")
+        r = detached.start(self.runner, self.dest, self.dest / PIDFILE, self.dest / LOG, self.command)
+        if not r.ok:
+            raise UserError(f"starting llama-server failed on the device (exit {r.returncode}): "
+                            f"{r.stderr_tail[-800:] or r.stdout[-800:]}")
 
     def running(self) -> bool:
-        return self.runner.run(["sh", "-c", _RUNNING, "haqa-ship", str(self.dest / PIDFILE)], timeout=60).ok
+        return detached.running(self.runner, self.dest / PIDFILE)
 
     def log_tail(self) -> str:
         return self._tail(self.dest / LOG)

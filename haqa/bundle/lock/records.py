@@ -243,6 +243,39 @@ class Ratios(Table):
     peak_rss: PeakRatio
 
 
+class LoadSide(Table):
+    """One deployment under the load test: its llama-server flags and what its clients measured."""
+
+    quant: StrictStr
+    server_args: list[StrictStr]
+    description: StrictStr
+    not_measured: Text = None
+    request_s: Spread | None = None
+    ttft_s: Spread | None = None
+    decode_tps: Spread | None = None
+    p95_request_s: Spread | None = None
+    aggregate_tps: Spread | None = None
+    requests_per_round: Count | None = None
+    peak_rss_bytes: Bytes | None = None
+    peak_rss_basis: Text = None
+
+    @property
+    def measured(self) -> bool:
+        return self.request_s is not None
+
+
+class LoadTest(Table):
+    """The bundle's llama-server under the workload (haqa/measure/load.py), tuned against the default."""
+
+    method: StrictStr
+    rounds: Count
+    requests_per_client: Count
+    concurrency: Count
+    contenders: dict[StrictStr, LoadSide]
+    ratios: dict[StrictStr, dict[StrictStr, Spread] | StrictStr]  # a string where one side was not measured
+    decided: StrictStr  # what the load test changed, or that it only reports
+
+
 class Comparison(Table):
     method: StrictStr
     rounds: Count
@@ -251,6 +284,7 @@ class Comparison(Table):
     finalists: Count | None = None
     contenders: dict[StrictStr, Contender]
     ratios: dict[StrictStr, Ratios | StrictStr]  # a string where one side was not measured
+    load_test: LoadTest | None = None  # lock schema 3
     created: Text = None
 
 
