@@ -4,6 +4,7 @@ tests marked `slow` use the real llama.cpp build and the real SmolLM2 model from
 from __future__ import annotations
 
 import os
+import signal
 import textwrap
 from pathlib import Path
 
@@ -29,6 +30,14 @@ class Project:
         p.write_text(textwrap.dedent(text))
         return p
 
+
+
+def pytest_configure(config):
+    """A shell without job control starts a background command (`make test &`, `nohup ... &`) with SIGINT
+    ignored (POSIX), and every process it starts inherits that: the Ctrl-C tests would then press a key
+    nobody hears. Their processes get Ctrl-C's default back (a child of a handler gets SIG_DFL at exec)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
