@@ -13,6 +13,7 @@ from pathlib import Path
 
 from haqa import ui
 from haqa.agent import objective as obj
+from haqa.agent.context import ContextDecider
 from haqa.agent.facts import prompt_facts
 from haqa.agent.finalists import compare_with_baselines, compared, finalists
 from haqa.agent.proposers import HeuristicProposer
@@ -125,8 +126,8 @@ def _deploy_on(runner, target: Target, recipe: Recipe, model, source_facts, corp
     search, guard = _search(runner, prepared, proposer, target, recipe, source_facts, max_seconds)
     ui.note(f"search stopped: {search.stop_reason} ({search.new_trials} new trial(s), {len(search.trials)} in all, "
             f"agent {agent_used})")
-    winner, comparison = _final_word(runner, prepared, search, recipe, source_facts, corpus, label)
-    return _bundle(runner, prepared, search, proposer, agent_used, winner, comparison, guard,
+    winner, comparison, context = _final_word(runner, prepared, search, recipe, source_facts, corpus, label)
+    return _bundle(runner, prepared, search, proposer, agent_used, winner, comparison, context, guard,
                    target=target, recipe=recipe, model=model, source_facts=source_facts, corpus=corpus,
                    label=label, out=out)
 
@@ -210,9 +211,11 @@ def _final_word(runner, prepared: Prepared, search: Search, recipe: Recipe, sour
         raise UserError(f"no candidate of {label} is within the quality budget (max_kld {recipe.quality.max_kld}): {e}",
                         hint="raise [quality].max_kld in the recipe or add higher-precision quants to "
                              "[search].quants") from None
+    decider = ContextDecider(recipe.workload, prepared.gate, source_facts.context_length)
     if recipe.search.compare_rounds == 0:
         ui.note("side-by-side comparison skipped ([search] compare_rounds = 0 in the recipe)")
-        return leader, None
+        return _with_context(runner, prepared, leader, recipe, decider), None, decider.choice(
+            leader.quant, leader.config)
 
     def quality_of(quant: str, path) -> Quality | None:
         """Quality depends on the weights and the KV types only: reuse a trial's, else measure it."""
@@ -227,12 +230,20 @@ def _final_word(runner, prepared: Prepared, search: Search, recipe: Recipe, sour
     chosen = finalists(all_trials, leader, recipe, synthetic, scorer, base)
     compare = functools.partial(compare_with_baselines, runner, prepared.toolchain, recipe, source_facts, chosen,
                                 prepare=lambda q: measure.prepare(q)[0], fits=prepared.gate, default=base,
-                                quality_of=quality_of, prompt_text=corpus.path.read_text(errors="replace"))
-    return compared(label, chosen, measure.key, recipe=recipe, default=base, compare=compare)
+                                quality_of=quality_of, prompt_text=corpus.path.read_text(errors="replace"),
+                                deployed=decider.deployed)
+    winner, comparison = compared(label, chosen, measure.key, recipe=recipe, default=base, compare=compare)
+    return _with_context(runner, prepared, winner, recipe, decider), comparison, decider.choice(
+        winner.quant, winner.config)
+
+
+def _with_context(runner, prepared: Prepared, winner: Trial, recipe: Recipe, decider: ContextDecider) -> Trial:
+    return decider.apply(winner, runner=runner, toolchain=prepared.toolchain,
+                         model=lambda: prepared.measure.prepare(winner.quant)[0])
 
 
 def _bundle(runner, prepared: Prepared, search: Search, proposer, agent_used: str, winner: Trial, comparison,
-            guard: DriftGuard, *, target: Target, recipe: Recipe, model, source_facts, corpus, label: str,
+            context, guard: DriftGuard, *, target: Target, recipe: Recipe, model, source_facts, corpus, label: str,
             out: Path | None) -> DeployResult:
     """The winner's GGUF checked to be the measured bytes, fetched with llama-server, and the bundle written."""
     w, measure = recipe.workload, prepared.measure
@@ -256,7 +267,7 @@ def _bundle(runner, prepared: Prepared, search: Search, proposer, agent_used: st
                  "stop": search.stop_reason, "reruns_after_drift": search.reruns,
                  "llm_fallbacks": getattr(proposer, "fallbacks", 0), "llm_replies": getattr(proposer, "replies", 0),
                  "space_size": prepared.space.size(), "objective": obj.describe(recipe.objective, w),
-                 "pareto_front": [f"{t.name} ({t.config.describe()})" for t in front]}
+                 "pareto_front": [f"{t.name} ({t.config.describe()})" for t in front], "context": context.as_dict()}
     lock = build_lock(target=target, recipe=recipe, source=model, source_facts=source_facts,
                       toolchain=prepared.toolchain, model_file=candidate, winner=winner,
                       trials=[(f.trial, f.proposer, f.rationale) for f in search.trials.values()],

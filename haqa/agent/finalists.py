@@ -75,11 +75,12 @@ def compared(label: str, chosen: list[Trial], key_of, *, recipe: Recipe, default
 
 
 def compare_with_baselines(runner, toolchain, recipe: Recipe, source_facts, finalists: list[Trial], *, prepare, fits,
-                           default: RuntimeConfig, quality_of, prompt_text: str) -> tuple[Trial, dict]:
+                           default: RuntimeConfig, quality_of, prompt_text: str, deployed=None) -> tuple[Trial, dict]:
     """Re-measure the finalists side by side with (a) the default deployment, Q4_K_M with llama.cpp's
     default flags, and (b) the unquantized model with default flags, in interleaved rounds. The
     finalist with the best objective there wins; it is reported as "tuned" against (a) and (b). Then the
-    load test of its llama-server against (a)'s (haqa/agent/final_load.py), which may choose (a)."""
+    load test of its llama-server against (a)'s (haqa/agent/final_load.py), which may choose (a), both with
+    the context the deployment gets (deployed(quant, config) -> config: haqa/agent/context.py)."""
     w = recipe.workload
     rounds, reps = recipe.search.compare_rounds, recipe.search.compare_repetitions
     wanted = _wanted(finalists, source_facts, default)
@@ -106,9 +107,10 @@ def compare_with_baselines(runner, toolchain, recipe: Recipe, source_facts, fina
     out = {"method": cmp.METHOD, "rounds": rounds, "repetitions_per_round": reps,
            "workload": w.model_dump(), "finalists": len(finalists), "contenders": {}, "ratios": {}}
     if recipe.search.load_rounds:
-        out["load_test"], default_wins = load_test_of(
-            runner, toolchain, recipe, side(f"finalist {best + 1}").contender, side("default").contender,
-            prompt_text=prompt_text)
+        tuned, dflt_side = _with_context(side(f"finalist {best + 1}").contender, side("default").contender,
+                                         deployed, fits)
+        out["load_test"], default_wins = load_test_of(runner, toolchain, recipe, tuned, dflt_side,
+                                                      prompt_text=prompt_text)
         dflt = next((i for i in range(len(finalists)) if labels[f"finalist {i + 1}"] == labels["default"]), None)
         if default_wins and dflt is not None:
             best = dflt
@@ -128,6 +130,19 @@ def compare_with_baselines(runner, toolchain, recipe: Recipe, source_facts, fina
             ui.note(f"tuned / {other} ({side(other).contender.quant}): decode x{r['decode']['median']:.2f}, "
                     f"prefill x{r['prefill']['median']:.2f} (medians of {r['decode']['rounds']} interleaved rounds)")
     return winner, out
+
+
+def _with_context(tuned: cmp.Contender, default: cmp.Contender, deployed, fits):
+    """The load test's two contenders with the context the tuned deployment gets (the default one too,
+    where it fits in it: the same context for both)."""
+    if deployed is None:
+        return tuned, default
+    config = deployed(tuned.quant, tuned.config)
+    tuned = dataclasses.replace(tuned, config=config)
+    same = dataclasses.replace(default.config, ctx_size=config.ctx_size)
+    if default.model is not None and fits(Candidate(default.quant, same))[0]:
+        default = dataclasses.replace(default, config=same)
+    return tuned, default
 
 
 def _wanted(finalists: list[Trial], source_facts, default: RuntimeConfig) -> list[tuple[str, str, RuntimeConfig, str]]:

@@ -128,8 +128,36 @@ def _load_test(lock: Lock) -> list[str]:
         f"and {w.gen_tokens} generated per request. Times are medians (min..max over rounds).",
         "", *rows, "", *ratio_rows, "",
         "Ratios above 1 mean the tuned deployment is better for users (a shorter time, more tokens/s). "
-        f"What decided: {lt.decided}.", "",
+        f"What decided: {lt.decided}.", "", *_load_memory(lock, lt),
     ]
+
+
+def _load_memory(lock: Lock, lt) -> list[str]:
+    """The shipped server's measured peak beside the memory model's prediction for the deployment."""
+    shipped = lt.contenders.get("default" if "default deployment is chosen" in lt.decided else "tuned")
+    predicted = lock.metrics.memory.deployment_predicted if lock.metrics.memory else None
+    if shipped is None or not shipped.peak_rss_bytes or predicted is None:
+        return []
+    ratio = shipped.peak_rss_bytes / predicted.total_bytes if predicted.total_bytes else None
+    return [f"Peak memory of the shipped llama-server: {_mib(shipped.peak_rss_bytes)} measured "
+            f"({shipped.peak_rss_basis}) against {_mib(predicted.total_bytes)} predicted by haqa's memory model "
+            f"at context {lock.metrics.config.ctx_size} (measured / predicted {_f(ratio, 3)}).", ""]
+
+
+def _context(lock: Lock) -> list[str]:
+    c = lock.selection.context
+    if c is None:
+        return []
+    line = f"- Context: {c.tokens} tokens ({c.why}"
+    if c.predicted_host_bytes:
+        line += f"; {_mib(c.predicted_host_bytes)} predicted by haqa's memory model"
+    d = c.depth_check
+    if d is not None and d.decode is not None:
+        line += (f"; decode at depth {d.depth}: {d.decode.mean:.1f} ± {d.decode.stddev:.1f} tok/s measured, "
+                 f"{_f(d.at_search_depth_tps)} at the search's depth")
+    elif d is not None:
+        line += f"; decode at depth {d.depth} not measured: {d.error}"
+    return [line + ")."]
 
 
 def _chosen(lock: Lock) -> list[str]:
@@ -146,6 +174,7 @@ def _chosen(lock: Lock) -> list[str]:
         f"- Model: `{lock.model.file_type}` ({_mib(lock.model.size_bytes)}, sha256 "
         f"`{lock.model.sha256[:16]}…`), from `{lock.source_model.source}` ({lock.source_model.file_type}).",
         f"- Flags: {_knobs(m.config)}, context {m.config.ctx_size}.",
+        *_context(lock),
         f"- Decode: {b.decode.mean:.1f} ± {b.decode.stddev:.1f} tok/s (n={b.decode.repetitions}, "
         f"{b.decode.tokens} tokens at depth {b.decode.depth}); prefill: {b.prefill.mean:.1f} ± "
         f"{b.prefill.stddev:.1f} tok/s (n={b.prefill.repetitions}, {b.prefill.tokens} tokens).",

@@ -286,6 +286,9 @@ class Workload(_Strict):
     concurrency: int = Field(default=1, ge=1, le=64)  # parallel users (llama-server slots)
     max_ttft_ms: float | None = Field(default=None, gt=0)  # time to first token of one request
     min_decode_tps: float | None = Field(default=None, gt=0)  # generation speed one user sees
+    # The context the deployment gets: min_context (the default), a number of tokens, or "max": the
+    # largest that fits in memory with the headroom, up to the model's training context.
+    context: Literal["max"] | Annotated[int, Field(ge=256)] | None = None
 
     @model_validator(mode="after")
     def _fits_in_context(self) -> Workload:
@@ -293,6 +296,9 @@ class Workload(_Strict):
             raise ValueError(f"a request ({self.prompt_tokens} prompt + {self.gen_tokens} generated tokens) "
                              f"does not fit in min_context = {self.min_context}; raise min_context to at least "
                              f"{self.prompt_tokens + self.gen_tokens}")
+        if isinstance(self.context, int) and self.context < self.min_context:
+            raise ValueError(f"context = {self.context} is below min_context = {self.min_context}; min_context is "
+                             "the floor (use a larger number, \"max\", or leave context out)")
         return self
 
 

@@ -116,10 +116,10 @@ def test_build_writes_the_shape_of_the_locks_the_current_main_wrote(tmp_path):
                  selection={k: v for k, v in kept["selection"].items() if k != "rule"}, comparison=kept["comparison"])
     built = lock.model_copy(update={"files": kept["files"]}).to_dict()
     kept["target"]["facts"] = target.model_dump(mode="json")  # this machine's facts, whatever it is
-    # what schema 3 added to the shape schema 2 had: the workload's concurrency and limits
+    # what schema 3 added to the shape schema 2 had: the workload's concurrency, limits and context
     kept["schema"] = 3
     kept["recipe"]["workload"] = recipe.workload.model_dump(mode="json")
-    assert list(kept["recipe"]["workload"])[3:] == ["concurrency", "max_ttft_ms", "min_decode_tps"]
+    assert list(kept["recipe"]["workload"])[3:] == ["concurrency", "max_ttft_ms", "min_decode_tps", "context"]
     assert _shape(built) == _shape(kept)
     assert built["metrics"]["speed_basis"].startswith("the side-by-side re-measurement (3 interleaved rounds")
     assert lock.metrics.bench.decode.mean == m["bench"]["decode"]["mean"] and lock.label == "smollm2-135m@local"

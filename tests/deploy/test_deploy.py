@@ -107,6 +107,30 @@ def test_report_compares_with_the_default_and_the_unquantized_model(bundle):
     assert {"REPORT.md", "pareto.png"} <= set(lock["files"])
 
 
+def test_the_bundles_llama_server_was_load_tested_against_the_default_deployment(bundle):
+    """The final word ends with the load test of llama-server with the bundle's flags (the deployed
+    context included) against the default deployment's, and the lock and REPORT.md say what decided."""
+    lock = json.loads((bundle / "haqa.lock.json").read_text())
+    assert lock["schema"] == 3
+    assert lock["selection"]["context"]["tokens"] == lock["runtime"]["ctx_size"] == 2048
+    assert lock["selection"]["context"]["why"] == "the recipe's min_context"
+    load = lock["comparison"]["load_test"]
+    assert load["rounds"] == 3 and load["concurrency"] == 1 and load["requests_per_client"] == 2
+    shipped = load["contenders"]["default" if "default deployment is chosen" in load["decided"] else "tuned"]
+    assert shipped["server_args"] == lock["runtime"]["server_args"] and shipped["quant"] == lock["model"]["file_type"]
+    for side in load["contenders"].values():
+        assert len(side["request_s"]["per_round"]) == 3 and side["requests_per_round"] == 2
+        assert 0 < side["ttft_s"]["median"] < side["request_s"]["median"]
+        assert side["decode_tps"]["median"] > 0 and side["peak_rss_bytes"] > 0
+    report = (bundle / "REPORT.md").read_text()
+    assert "## Through llama-server: the load test" in report and f"What decided: {load['decided']}." in report
+    if "default" in load["contenders"]:
+        assert load["contenders"]["default"]["quant"] == "Q4_K_M"
+        ratio = load["ratios"]["tuned/default"]["request_s"]
+        assert ratio["rounds"] == 3 and ratio["min"] <= ratio["median"] <= ratio["max"]
+        assert "| tuned/default | x" in report.split("## Through llama-server")[1]
+
+
 def test_bundled_gguf_loads_in_llama_cpp_python(bundle):
     from llama_cpp import Llama
 
@@ -171,3 +195,30 @@ def test_from_lock_reproduces_the_choice_without_searching(bundle, home, tmp_pat
     assert check["weights_match_lock"] and check["decode_ratio_to_lock"] > 0
     assert new["metrics"]["bench"]["decode"]["repetitions"] >= 3 and new["metrics"]["quality"]["kld_mean"] >= 0
     assert "## Reproduced from a lock" in (out / "REPORT.md").read_text()
+
+
+def test_context_max_deploys_the_largest_context_that_fits_and_measures_its_depth(home, tmp_path):
+    """`context = "max"` on this machine: SmolLM2's training context (8192) fits its RAM, so the bundle
+    gets it, the memory model's prediction for it is recorded, and decode is measured at its depth."""
+    text = (REPO / "recipes" / "smollm2-135m.toml").read_text()
+    text = text.replace('name = "smollm2-135m"', 'name = "smollm2-ctx"')
+    text = re.sub(r'(?m)^quants = .*$', 'quants = ["Q4_1"]\ncompare_rounds = 0', text)  # the source's own
+    text = re.sub(r"(?m)^max_trials = .*$", "max_trials = 1", text)
+    text = text.replace("[workload]\n", '[workload]\ncontext = "max"\n')
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "smollm2-ctx.toml").write_text(text)
+    out = tmp_path / "dist"
+    proc = subprocess.run([*HAQA, "deploy", "--target", "local", "--recipe", "smollm2-ctx", "--out", str(out),
+                           "--agent", "heuristic"], cwd=tmp_path, capture_output=True, text=True, timeout=1800,
+                          env={**os.environ, "HAQA_HOME": str(home)})
+    assert proc.returncode == 0, proc.stderr
+    lock = json.loads((out / "haqa.lock.json").read_text())
+    context = lock["selection"]["context"]
+    assert context["tokens"] == lock["runtime"]["ctx_size"] == 8192
+    assert "training context (8192)" in context["why"] and context["predicted_host_bytes"] > 0
+    assert lock["runtime"]["server_args"][lock["runtime"]["server_args"].index("--ctx-size") + 1] == "8192"
+    check = context["depth_check"]
+    assert check["depth"] == 8192 - 64 and check["decode"]["depth"] == 8192 - 64
+    assert 0 < check["decode"]["mean"] and check["at_search_depth_tps"] > 0
+    assert "context: 8192 tokens" in proc.stderr and "measuring decode at depth 8128" in proc.stderr
+    assert "Context: 8192 tokens" in (out / "REPORT.md").read_text()

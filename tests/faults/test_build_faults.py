@@ -43,8 +43,8 @@ def test_build_survives_a_dropped_connection_and_ctrl_c_then_resumes(project, de
     dev.set_env({**dev.env, "CCACHE_RECACHE": "1"})
     run = project.start("toolchain", "build", "--target", "faulty")
     watcher = Watcher([
-        ("cut", lambda: progress() >= 10 and next(iter(procs(str(device_home), "cmake --build")), None), cut),
-        ("ctrl-c", lambda: frozen and not group_alive(frozen["pgid"]) and progress() >= 35 and
+        ("cut", lambda: progress() >= 5 and next(iter(procs(str(device_home), "cmake --build")), None), cut),
+        ("ctrl-c", lambda: frozen and not group_alive(frozen["pgid"]) and progress() >= 20 and
          procs(str(device_home), "cmake --build"), lambda _: run.ctrl_c()),
     ], timeout=1500)
     watcher.start()

@@ -38,6 +38,8 @@ quants = ["Q8_0", "Q4_0", "Q4_K_M"]
 max_trials = 3
 compare_rounds = 1
 compare_repetitions = 2
+load_rounds = 1
+load_requests = 1
 [quality]
 max_kld = 0.1
 ctx = 256
@@ -172,6 +174,11 @@ def test_deploy_over_ssh_measures_on_the_device(project, device_home, tmp_path):
     gguf = out / f"{SSH_RECIPE}-{lock['model']['file_type']}.gguf"
     assert sha256_file(gguf) == lock["model"]["sha256"]
     assert list((device_home / "models").rglob("*.gguf")), "the candidates were not made on the device"
+    # the load test ran llama-server on the device, reached through the SSH forward, and stopped it
+    load = lock["comparison"]["load_test"]
+    assert all(side["request_s"]["median"] > 0 for side in load["contenders"].values()), load
+    assert (device_home / "load" / "tuned" / "llama.log").exists() and not (device_home / "load" / "tuned" /
+                                                                          "server.pid").exists()
 
     again = haqa_in(project, "deploy", "--target", "loopback", "--recipe", SSH_RECIPE, "--out", str(out),
                     "--agent", "heuristic")

@@ -29,6 +29,7 @@ from haqa.bundle.lock.records import (
     Sha256,
     Table,
     Text,
+    Throughput,
     TrialRecord,
 )
 from haqa.config.schema import Name, Target, Workload
@@ -36,7 +37,8 @@ from haqa.config.schema import Quality as QualityBudget
 
 SCHEMA = 3  # the shape of the JSON: raised only when the written JSON changes shape
 # Schemas this haqa reads. 3 added the workload's concurrency and limits (recipe.workload) and the load test
-# of the bundle's llama-server (comparison.load_test); a schema-2 lock reads as one without them.
+# of the bundle's llama-server (comparison.load_test) and the context decision (selection.context); a
+# schema-2 lock reads as one without them.
 READABLE = (2, 3)
 
 
@@ -91,6 +93,26 @@ class LockedModel(Table):
     n_params: StrictInt | None = None
 
 
+class DepthCheck(Table):
+    """Decode measured at the chosen context's depth (haqa/agent/context.py)."""
+
+    depth: Count
+    decode: Throughput | None = None
+    at_search_depth_tps: Num | None = None
+    error: Text = None
+
+
+class ContextRecord(Table):
+    """The context the deployment got, and why (lock schema 3)."""
+
+    tokens: Count
+    why: StrictStr
+    predicted_host_bytes: Bytes | None = None
+    next_step_predicted_host_bytes: Bytes | None = None
+    basis: StrictStr
+    depth_check: DepthCheck | None = None
+
+
 class Selection(Table):
     proposer: StrictStr
     trials: Count
@@ -104,6 +126,7 @@ class Selection(Table):
     pareto_front: list[StrictStr] | None = None
     rule: StrictStr
     reproduced: Text = None
+    context: ContextRecord | None = None  # lock schema 3
 
 
 class QualityMethod(Table):
