@@ -29,8 +29,11 @@ def prompt_facts(target: Target, recipe: Recipe, source_facts, quants, shape_for
                   "parameters": source_facts.n_params, "layers": source_facts.n_layers,
                   "source_type": source_facts.file_type, "synthetic": source_facts.synthetic},
         "objective": obj.describe(recipe.objective, recipe.workload),
+        "workload": {"prompt_tokens": recipe.workload.prompt_tokens, "gen_tokens": recipe.workload.gen_tokens,
+                     "concurrent_users": recipe.workload.concurrency},
         "constraints": {"max_kld": recipe.quality.max_kld, "max_ppl_ratio": recipe.quality.max_ppl_ratio,
                         "min_context": recipe.workload.min_context,
+                        "max_ttft_ms": recipe.workload.max_ttft_ms, "min_decode_tps": recipe.workload.min_decode_tps,
                         "memory_budget_gib": round(host_budget_bytes(target) / 2**30, 2)},
         "predictions": predictions,
     }
