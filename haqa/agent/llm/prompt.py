@@ -6,7 +6,7 @@ quoted as JSON data."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from haqa.agent.proposers import Observation
 from haqa.agent.space import KNOBS, SearchSpace
@@ -47,6 +47,7 @@ class PromptFacts:
     objective: str
     constraints: dict
     predictions: dict  # quant -> {"predicted_peak_mib", "roofline_decode_tps"}
+    workload: dict = field(default_factory=dict)  # the requests served (absent in landscapes of older haqa)
 
 
 def _data(label: str, obj) -> str:
@@ -60,7 +61,8 @@ def build_messages(
         _data("device", facts.device),
         _data("model", facts.model),
         _data("search space", space.describe()),
-        f"Objective: {facts.objective}. Constraints: {json.dumps(facts.constraints)}.",
+        f"Objective: {facts.objective}. Constraints: {json.dumps(facts.constraints)}."
+        + (f" Workload: {json.dumps(facts.workload)}." if facts.workload else ""),
         _data("predictions (haqa memory model and roofline, not measurements)", facts.predictions),
     ])
     # One header and one line per trial, the varying knobs only: the prompt must fit a small on-device
