@@ -20,11 +20,11 @@ from haqa.errors import UserError
 from haqa.hashing import sha256_file
 from haqa.model.gguf_facts import read_facts
 from haqa.model.source import resolve_model
-from haqa.paths import cache_home
 from haqa.reproduce import deploy_from_lock, read_lock
 from haqa.runtime import RuntimeConfig
 from tests.support.bundles import DEPLOYED, LOCK_DAMAGE, edit_lock, replace_file
 from tests.support.files import write_tiny_gguf
+from tests.support.homes import REAL_HOME
 
 CONFIG = RuntimeConfig(threads=2, threads_batch=2, ctx_size=1024, cache_type_k="q8_0", cache_type_v="q8_0")
 
@@ -55,7 +55,7 @@ ram_gib = 8
 
 @pytest.fixture
 def bundle(project, tmp_path, monkeypatch) -> Path:
-    home, real = tmp_path / "haqa-home", cache_home()
+    home, real = tmp_path / "haqa-home", REAL_HOME
     (real / "sources").mkdir(parents=True, exist_ok=True)
     home.mkdir()
     (home / "sources").symlink_to(real / "sources")  # the llama.cpp source (its list of architectures) only

@@ -23,10 +23,10 @@ from haqa.bundle import write_bundle
 from haqa.bundle.lock import parse
 from haqa.config import fingerprint, load_recipe, load_target
 from haqa.hashing import sha256_file
-from haqa.paths import cache_home
 from haqa.runtime import RuntimeConfig
 from tests.support.bundles import DEPLOYED
 from tests.support.files import write_tiny_gguf
+from tests.support.homes import REAL_HOME
 from tests.support.strategies import scalars
 
 CONFIG = RuntimeConfig(threads=2, threads_batch=2, ctx_size=1024)
@@ -63,7 +63,7 @@ gen_tokens = 16
 def fuzz_project(tmp_path_factory):
     """(project root, the good lock, the good bundle): made once, copied per example."""
     root = tmp_path_factory.mktemp("lock-fuzz")
-    home, real = root / "haqa-home", cache_home()
+    home, real = root / "haqa-home", REAL_HOME
     (real / "sources").mkdir(parents=True, exist_ok=True)
     home.mkdir()
     (home / "sources").symlink_to(real / "sources")  # the llama.cpp source's list of architectures

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from haqa.paths import cache_home
+
+# The user's haqa home as it was when the tests started, before the fast tests' own homes (conftest's
+# own_haqa_home) replace HAQA_HOME: where what is costly to make (the llama.cpp source) is shared from.
+REAL_HOME = cache_home()
+
 
 def shared_home(home: Path, real: Path, shared: tuple[str, ...]) -> Path:
     """A haqa home of a test's own whose `shared` folders (sources, models, toolchains ...) are links
