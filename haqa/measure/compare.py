@@ -74,7 +74,8 @@ class Side:
         return out
 
 
-def _ratio(num: list[float], den: list[float]) -> dict:
+def per_round_ratio(num: list[float], den: list[float]) -> dict:
+    """The ratios num/den of the rounds both sides measured: median, range and how many rounds."""
     per = [a / b for a, b in zip(num, den, strict=False) if b > 0]
     return {"median": round(statistics.median(per), 3), "min": round(min(per), 3), "max": round(max(per), 3),
             "rounds": len(per)}
@@ -85,7 +86,7 @@ def ratios(tuned: Side, other: Side) -> dict | None:
     peak memory as tuned / other (below 1: tuned needs less)."""
     if not (tuned.measured and other.measured):
         return None
-    out = {m: _ratio([getattr(r, m).mean for r in tuned.rounds], [getattr(r, m).mean for r in other.rounds])
+    out = {m: per_round_ratio([getattr(r, m).mean for r in tuned.rounds], [getattr(r, m).mean for r in other.rounds])
            for m in ("decode", "prefill")}
     out["time_to_first_token"] = {**out["prefill"],
                                   "note": "speed-up: other's TTFT / tuned's TTFT (= the prefill ratio)"}

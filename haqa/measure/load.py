@@ -24,6 +24,7 @@ from pathlib import PurePath
 from haqa import ui
 from haqa.config.schema import Workload
 from haqa.errors import ToolFailed
+from haqa.measure.compare import per_round_ratio
 from haqa.runner import detached
 from haqa.runner.base import Runner
 
@@ -123,11 +124,9 @@ def ratios(tuned: LoadSide, other: LoadSide) -> dict | None:
     a, b = tuned.per_round(), other.per_round()
     out = {}
     for name in a:
-        faster = "tps" in name
-        per = [(x / y if faster else y / x) for x, y in zip(a[name], b[name], strict=False) if x > 0 and y > 0]
-        if per:
-            out[name] = {"median": round(statistics.median(per), 3), "min": round(min(per), 3),
-                         "max": round(max(per), 3), "rounds": len(per)}
+        num, den = (a[name], b[name]) if "tps" in name else (b[name], a[name])
+        if any(x > 0 and y > 0 for x, y in zip(num, den, strict=False)):
+            out[name] = per_round_ratio(num, den)
     return out
 
 
