@@ -22,6 +22,12 @@ NO_AMX    := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 GCC_MAJOR := $(shell c++ --version 2>/dev/null | grep -q 'Free Software Foundation' && c++ -dumpversion 2>/dev/null | cut -d. -f1)
 AMX_CPU   := $(shell grep -qwE 'amx_tile|amx_int8' /proc/cpuinfo 2>/dev/null && echo yes)
 LLAMA_CPP_BUILD_ENV := $(if $(and $(AMX_CPU),$(GCC_MAJOR)),$(shell [ $(GCC_MAJOR) -lt 13 ] && echo 'CFLAGS="$(NO_AMX)" CXXFLAGS="$(NO_AMX)" PIP_NO_CACHE_DIR=1'))
+# The wheel compiled that way is kept in haqa's cache, keyed by the flags, the compiler and the CPU, so the
+# next install (a clean clone, CI) takes it instead of compiling llama.cpp again (about 10 minutes here).
+LLAMA_CPP_PYTHON := $(shell sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
+HAQA_CACHE := $(or $(HAQA_HOME),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/haqa)
+WHEEL_KEY  := $(shell (echo '$(LLAMA_CPP_BUILD_ENV)'; c++ --version 2>/dev/null | head -n 1; grep -m 1 '^flags' /proc/cpuinfo 2>/dev/null) | sha256sum | cut -c1-16)
+WHEELHOUSE := $(HAQA_CACHE)/wheels/llama-cpp-python-$(WHEEL_KEY)
 
 .PHONY: help install install-test deploy prepare test test-fast lint bench bench-quick clean
 
@@ -39,7 +45,13 @@ $(VENV)/bin/python:
 
 # haqa with the test and embedded extras (it also satisfies a deploy).
 $(STAMP): pyproject.toml | $(VENV)/bin/python
-	$(LLAMA_CPP_BUILD_ENV) $(BIN)/python -m pip install -e '.[test,embedded]'
+ifneq ($(LLAMA_CPP_BUILD_ENV),)
+	@ls '$(WHEELHOUSE)'/llama_cpp_python-$(LLAMA_CPP_PYTHON)-*.whl >/dev/null 2>&1 || \
+	  $(LLAMA_CPP_BUILD_ENV) $(BIN)/python -m pip wheel --no-deps --wheel-dir '$(WHEELHOUSE)' 'llama-cpp-python==$(LLAMA_CPP_PYTHON)'
+	$(BIN)/python -m pip install --find-links '$(WHEELHOUSE)' -e '.[test,embedded]'
+else
+	$(BIN)/python -m pip install -e '.[test,embedded]'
+endif
 	@touch $(STAMP) $(DEPLOY_STAMP)
 
 # haqa alone: the llama.cpp tools it builds come from a downloaded source, nothing is compiled here.

@@ -14,7 +14,7 @@ from haqa import ui
 from haqa.agent import objective as obj
 from haqa.agent.final_load import load_test_of
 from haqa.agent.select import Trial, within_budget
-from haqa.agent.space import Candidate
+from haqa.agent.space import DEFAULT_QUANT, Candidate
 from haqa.config.schema import Recipe
 from haqa.errors import ToolFailed, UserError
 from haqa.fsutil import atomic_write_text
@@ -23,7 +23,6 @@ from haqa.measure.bench import BenchResult
 from haqa.paths import cache_home
 from haqa.runtime import RuntimeConfig
 
-DEFAULT_QUANT = "Q4_K_M"  # what Ollama and most model cards ship
 UNQUANTIZED = ("F32", "BF16", "F16")
 FINALISTS = 3
 

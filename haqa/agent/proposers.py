@@ -6,10 +6,11 @@ the LLM proposer is in haqa/agent/llm/.
 from __future__ import annotations
 
 import abc
+import itertools
 import random
 from dataclasses import dataclass
 
-from haqa.agent.space import Candidate, SearchSpace
+from haqa.agent.space import DEFAULT_QUANT, Candidate, SearchSpace
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,9 @@ class HeuristicProposer(Proposer):
        per token decode faster). A type is skipped once a higher-precision type was over the quality
        budget (quality falls with bits), or when its roofline bound, scaled by the efficiency seen so
        far, cannot beat the best measured score.
-    2. Local search around the best feasible candidate, one knob at a time in TUNING_ORDER; when every
-       one-knob neighbour of the best is measured, around the next best feasible candidate, and so on.
+    2. Local search, one knob at a time in TUNING_ORDER, around the best feasible candidate and around
+       the best of the default type (Q4_K_M) in turn; when every one-knob neighbour of those is measured,
+       around the next best feasible candidate, and so on.
     """
 
     name = "heuristic"
@@ -143,23 +145,42 @@ class HeuristicProposer(Proposer):
                 if untried(cand):
                     return Proposal(cand, "no feasible candidate yet: trying the next grid point", self.name)
             return None
-        # Around the best; once all its one-knob neighbours are measured, around the next best, and so on
-        # (a plateau of near-equal points is searched instead of stopping with trials left).
-        for rank, around in enumerate(sorted(feasible, key=lambda o: o.score, reverse=True)):
-            base = around.candidate.values()
-            for knob in TUNING_ORDER:
-                for value in self.space.dims[knob]:
-                    if value == base[knob]:
-                        continue
-                    try:
-                        cand = self.space.make({**base, knob: value})
-                    except Exception:
-                        continue
-                    if self.space.valid(cand) and untried(cand):
-                        where = "the best so far" if rank == 0 else (
-                            f"number {rank + 1} of the measured candidates "
-                            "(the better ones' neighbours are all measured)")
-                        return Proposal(cand, f"from {where} ({around.candidate.quant}, {around.decode:.1f} tok/s), "
-                                              f"try {knob}={value}", self.name)
+        # One knob at a time around the best and around the best of the default type (a flag that helps
+        # every type is then also found with the type users trust), knob by knob in turn; once all their
+        # one-knob neighbours are measured, around the next best, and so on (a plateau of near-equal points
+        # is searched instead of stopping with trials left).
+        ranked = sorted(feasible, key=lambda o: o.score, reverse=True)
+        anchors = ranked[:1]
+        if ranked[0].candidate.quant != DEFAULT_QUANT:
+            anchors += [o for o in ranked if o.candidate.quant == DEFAULT_QUANT][:1]
+        for knob in TUNING_ORDER:
+            for value, around in itertools.product(self.space.dims[knob], anchors):
+                found = self._neighbour(around, [knob], untried, only=value)
+                if found:
+                    where = ("the best so far" if around is ranked[0]
+                             else f"the best of the default type {DEFAULT_QUANT}")
+                    return Proposal(found[0], f"from {where} ({around.candidate.quant}, {around.decode:.1f} tok/s), "
+                                              f"try {found[1]}", self.name)
+        for rank, around in enumerate(o for o in ranked if o not in anchors):
+            found = self._neighbour(around, TUNING_ORDER, untried)
+            if found:
+                return Proposal(found[0], f"from number {rank + len(anchors) + 1} of the measured candidates "
+                                          f"({around.candidate.quant}, {around.decode:.1f} tok/s; the better ones' "
+                                          f"neighbours are all measured), try {found[1]}", self.name)
         return None
 
+    def _neighbour(self, around: Observation, knobs: list[str], untried, only=None) -> tuple[Candidate, str] | None:
+        """The first valid, untried candidate that differs from `around` in one of `knobs` (set to `only`, when
+        given)."""
+        base = around.candidate.values()
+        for knob in knobs:
+            for value in self.space.dims[knob]:
+                if value == base[knob] or (only is not None and value != only):
+                    continue
+                try:
+                    cand = self.space.make({**base, knob: value})
+                except Exception:
+                    continue
+                if self.space.valid(cand) and untried(cand):
+                    return cand, f"{knob}={value}"
+        return None

@@ -1,7 +1,8 @@
 """The search space: every knob the device can use, with the values worth trying.
 
 Built from the target and the recipe: no GPU layers on a CPU-only target, never a context below the
-recipe's minimum, quantized V caches only with flash attention. A candidate is a point of the space;
+recipe's minimum, quantized V caches only with flash attention, no CPU thread counts to search when every
+layer is on the GPU. A candidate is a point of the space;
 `check()` is the one gate every proposal passes (space, constraints, memory model).
 """
 
@@ -19,6 +20,10 @@ from haqa.runtime import RuntimeConfig
 # Knobs in the order a person would think about them; each maps to a RuntimeConfig field (or quant).
 KNOBS = ["quant", "kv_type", "threads", "threads_batch", "n_gpu_layers", "flash_attn", "batch_size", "ubatch_size",
          "repack", "load_mode", "poll"]
+# What Ollama and most model cards ship: the default deployment's type, which users already trust.
+DEFAULT_QUANT = "Q4_K_M"
+# Knobs that only change how the CPU runs layers: without effect once every layer is on the GPU.
+CPU_THREAD_KNOBS = ("threads", "threads_batch")
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,7 @@ class SearchSpace:
     dims: dict[str, list]
     ctx_size: int
     fits: Callable[[Candidate], tuple[bool, str]] | None = None  # the memory model's verdict
+    full_offload: int | None = None  # n_gpu_layers that puts every layer on the GPU (GPU targets)
 
     def make(self, values: dict) -> Candidate:
         """A candidate from knob values (missing knobs take the default); Rejected if outside the space."""
@@ -90,6 +96,12 @@ class SearchSpace:
             raise Rejected(f"ubatch_size {c.ubatch_size} > batch_size {c.batch_size}")
         if c.cache_type_v not in ("f16", "bf16", "f32") and c.flash_attn == "off":
             raise Rejected(f"a quantized V cache ({c.cache_type_v}) needs flash_attn on or auto")
+        if self.full_offload is not None and c.n_gpu_layers >= self.full_offload:
+            defaults, values = self.default_values(), cand.values()
+            for knob in CPU_THREAD_KNOBS:
+                if values[knob] != defaults[knob]:
+                    raise Rejected(f"{knob}={values[knob]} has no effect with every layer on the GPU "
+                                   f"(n_gpu_layers={c.n_gpu_layers}); leave it at {defaults[knob]}")
         if c.ctx_size < self.ctx_size:
             raise Rejected(f"context {c.ctx_size} is below the recipe's minimum {self.ctx_size}")
         if self.fits is not None:
@@ -148,5 +160,6 @@ def build_space(target: Target, recipe: Recipe, *, n_layer: int,
         "load_mode": ["auto", "none"],
         "poll": [0, 50],
     }
-    return SearchSpace(dims=dims, ctx_size=recipe.workload.min_context, fits=fits)
+    return SearchSpace(dims=dims, ctx_size=recipe.workload.min_context, fits=fits,
+                       full_offload=n_layer + 1 if gpu else None)
 

@@ -84,6 +84,29 @@ def test_heuristic_measures_small_quants_first_then_tunes_the_best(space):
     history.append(_obs(p.candidate, 150))
     p = h.suggest(history)
     assert p.candidate.quant == "Q4_1" and "try threads" in p.rationale  # local search around the best
+    history.append(_obs(p.candidate, 155))
+    p = h.suggest(history)
+    # the same knob tried with the default type too, before the best's next knob
+    assert p.candidate.quant == "Q4_K_M" and "default type Q4_K_M" in p.rationale and "try threads" in p.rationale
+    tuned = {k: v for k, v in p.candidate.values().items() if v != space.default_values()[k]}
+    assert set(tuned) == {"quant", "threads"}
+
+
+def test_cpu_threads_are_no_knob_with_every_layer_on_the_gpu():
+    orin = build_space(load_target("jetson-orin-nano-8gb"), load_recipe("llama-3.2-1b-instruct"), n_layer=16)
+    d = orin.default_values()
+    assert d["n_gpu_layers"] == 17
+    few = min(orin.dims["threads"])
+    with pytest.raises(Rejected, match="no effect with every layer on the GPU"):
+        orin.check(orin.make({**d, "threads": few}))
+    with pytest.raises(Rejected, match="threads_batch"):
+        orin.check(orin.make({**d, "threads_batch": few}))
+    assert orin.valid(orin.make({**d, "n_gpu_layers": 8, "threads": few}))  # half on the CPU: threads matter
+    assert not any(c.config.n_gpu_layers == 17 and c.config.threads == few for c in orin.grid())
+    h = HeuristicProposer(orin, {q: 1.0 for q in orin.dims["quant"]})
+    history = [_obs(orin.make({**d, "quant": q}), 30) for q in orin.dims["quant"]]
+    p = h.suggest(history)
+    assert p is not None and p.candidate.config.threads == d["threads"]
 
 
 class Scripted(Backend):
