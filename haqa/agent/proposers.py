@@ -155,32 +155,29 @@ class HeuristicProposer(Proposer):
             anchors += [o for o in ranked if o.candidate.quant == DEFAULT_QUANT][:1]
         for knob in TUNING_ORDER:
             for value, around in itertools.product(self.space.dims[knob], anchors):
-                found = self._neighbour(around, [knob], untried, only=value)
-                if found:
+                cand = self._one_knob(around, knob, value, untried)
+                if cand:
                     where = ("the best so far" if around is ranked[0]
                              else f"the best of the default type {DEFAULT_QUANT}")
-                    return Proposal(found[0], f"from {where} ({around.candidate.quant}, {around.decode:.1f} tok/s), "
-                                              f"try {found[1]}", self.name)
-        for rank, around in enumerate(o for o in ranked if o not in anchors):
-            found = self._neighbour(around, TUNING_ORDER, untried)
-            if found:
-                return Proposal(found[0], f"from number {rank + len(anchors) + 1} of the measured candidates "
-                                          f"({around.candidate.quant}, {around.decode:.1f} tok/s; the better ones' "
-                                          f"neighbours are all measured), try {found[1]}", self.name)
+                    return Proposal(cand, f"from {where} ({around.candidate.quant}, {around.decode:.1f} tok/s), "
+                                          f"try {knob}={value}", self.name)
+        for around in (o for o in ranked if o not in anchors):
+            for knob in TUNING_ORDER:
+                for value in self.space.dims[knob]:
+                    cand = self._one_knob(around, knob, value, untried)
+                    if cand:
+                        return Proposal(cand, f"from number {ranked.index(around) + 1} of the measured candidates "
+                                              f"({around.candidate.quant}, {around.decode:.1f} tok/s; the better "
+                                              f"ones' neighbours are all measured), try {knob}={value}", self.name)
         return None
 
-    def _neighbour(self, around: Observation, knobs: list[str], untried, only=None) -> tuple[Candidate, str] | None:
-        """The first valid, untried candidate that differs from `around` in one of `knobs` (set to `only`, when
-        given)."""
+    def _one_knob(self, around: Observation, knob: str, value, untried) -> Candidate | None:
+        """`around` with `knob` set to `value`, when that is a different, valid and untried candidate."""
         base = around.candidate.values()
-        for knob in knobs:
-            for value in self.space.dims[knob]:
-                if value == base[knob] or (only is not None and value != only):
-                    continue
-                try:
-                    cand = self.space.make({**base, knob: value})
-                except Exception:
-                    continue
-                if self.space.valid(cand) and untried(cand):
-                    return cand, f"{knob}={value}"
-        return None
+        if value == base[knob]:
+            return None
+        try:
+            cand = self.space.make({**base, knob: value})
+        except Exception:
+            return None
+        return cand if self.space.valid(cand) and untried(cand) else None
