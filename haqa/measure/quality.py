@@ -55,16 +55,23 @@ class Quality:
 
 
 _NUM = r"(-?[0-9.]+(?:e[-+]?\d+)?)"
+# An uncertainty may print as "-nan": llama-perplexity takes sqrt(var(Q) + var(base) - 2 cov), which rounds
+# below zero when the candidate's log-likelihoods equal the reference's (the source's own type on a CPU
+# that computes both the same way): no spread to the printed precision.
+_UNCERTAINTY = r"(-?[0-9.]+(?:e[-+]?\d+)?|[-+]?nan)"
 
 
 def parse_kld_output(text: str) -> dict:
     """The statistics block llama-perplexity prints after `--kl-divergence`."""
     def grab(label: str, two: bool = True) -> tuple[float, float] | float:
-        pattern = re.escape(label) + r"\s*:\s*" + _NUM + (r"\s*±\s*" + _NUM if two else "")
+        pattern = re.escape(label) + r"\s*:\s*" + _NUM + (r"\s*±\s*" + _UNCERTAINTY if two else "")
         m = re.search(pattern, text)
         if not m:
             raise ValueError(f"llama-perplexity output lacks '{label}'")
-        return (float(m.group(1)), float(m.group(2))) if two else float(m.group(1))
+        if not two:
+            return float(m.group(1))
+        spread = m.group(2)
+        return float(m.group(1)), 0.0 if spread.lstrip("+-") == "nan" else float(spread)
 
     kld, kld_err = grab("Mean    KLD")
     same, same_err = grab("Same top p")

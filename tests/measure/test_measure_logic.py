@@ -26,6 +26,14 @@ def test_kld_output_of_the_pinned_build():
     assert 0 < stats["same_top_p"] < 100
 
 
+def test_kld_output_of_a_candidate_identical_to_the_reference():
+    """The source's own type scored against itself: the PPL ratio's uncertainty prints as -nan (a variance
+    rounded below zero), which is no spread, not a missing statistic (seen on an AMD EPYC)."""
+    stats = parse_kld_output((REPO / "tests" / "data" / "llama-perplexity-kld-same-model-0c1e5709.log").read_text())
+    assert stats["ppl_ratio"] == pytest.approx(0.999996) and stats["ppl_ratio_err"] == 0.0
+    assert stats["kld_mean"] == pytest.approx(0.000001) and stats["same_top_p"] == 100.0
+
+
 def test_kld_output_missing_statistics():
     with pytest.raises(ValueError, match="Mean    KLD"):
         parse_kld_output("perplexity: calculating perplexity over 4 chunks\n")
