@@ -74,7 +74,7 @@ class LocalRunner(Runner):
             raise UserError(f"'{argv[0]}' is not installed or not on PATH on this machine") from None
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         out_chunks: list[str] = []
-        log = open(log_path, "a", encoding="utf-8") if log_path else None
+        log = open(log_path, "a", encoding="utf-8", buffering=1) if log_path else None
         lock = threading.Lock()
 
         def pump(stream, keep) -> None:

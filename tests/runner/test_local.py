@@ -10,6 +10,7 @@ import pytest
 
 from haqa.errors import UserError
 from haqa.runner import LocalRunner
+from tests.support.logs import line_logged_while_running
 
 
 def test_stdout_captured_stderr_streamed_and_logged(tmp_path):
@@ -24,6 +25,10 @@ def test_stdout_captured_stderr_streamed_and_logged(tmp_path):
     assert r.stderr_tail == "err"
     assert "out" in log.read_text() and "err" in log.read_text()
     assert sorted(lines) == ["err", "out"]
+
+
+def test_the_log_shows_each_line_while_the_command_runs(tmp_path):
+    assert line_logged_while_running(LocalRunner(tmp_path), tmp_path)
 
 
 def test_arguments_are_never_interpreted_by_a_shell(tmp_path):

@@ -14,6 +14,7 @@ import pytest
 from haqa.config.schema import Connect
 from haqa.errors import UserError
 from haqa.runner.ssh import SshRunner, command_line
+from tests.support.logs import line_logged_while_running
 from tests.support.sshd import connect_for
 
 
@@ -35,6 +36,11 @@ def test_run_returns_exit_code_stdout_and_stderr(runner, tmp_path):
                    log_path=log)
     assert r.returncode == 4 and r.stdout == "to out\n" and r.stderr_tail == "to err"
     assert "to out" in log.read_text() and "HAQA-PGID" not in log.read_text()
+
+
+def test_the_log_shows_each_line_while_the_command_runs(runner, tmp_path):
+    """A remote build's log grows as it compiles (it was written in 8 KiB blocks: minutes of nothing)."""
+    assert line_logged_while_running(runner, tmp_path)
 
 
 def test_arguments_reach_the_program_unchanged(runner, tmp_path):

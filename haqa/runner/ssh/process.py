@@ -113,7 +113,7 @@ class _Output:
         self.pgid: int | None = None
         self.killed_by: int | None = None
         self._partial = {"out": "", "err": ""}
-        self._log = open(log_path, "a", encoding="utf-8") if log_path else None
+        self._log = open(log_path, "a", encoding="utf-8", buffering=1) if log_path else None
 
     def feed(self, kind: str, data: bytes, final: bool = False) -> None:
         text = self._partial[kind] + data.decode("utf-8", errors="replace")
