@@ -27,6 +27,7 @@ from pathlib import Path
 import gguf
 
 from haqa.hashing import memo_beside
+from haqa.model.gguf_facts import open_gguf
 
 CALIBRATION = Path(__file__).resolve().parent.parent / "data" / "memory_calibration.json"
 KV_PAD = 256
@@ -83,7 +84,7 @@ def repackable_types(arch: str, cpu_features) -> set[str]:
 
 
 def _read_shape(path: Path) -> ModelShape:
-    r = gguf.GGUFReader(str(path))
+    r = open_gguf(path)
 
     def f(key, default=None):
         field = r.fields.get(key)
@@ -237,7 +238,7 @@ def estimate_quantized(source: Path, file_type: str) -> ModelShape:
     base = ModelShape.from_gguf(source)
     qtype = gguf.GGMLQuantizationType[_default_tensor_type(file_type)]
     block, size = gguf.GGML_QUANT_SIZES[qtype]
-    r = gguf.GGUFReader(str(source))
+    r = open_gguf(source)
     names: dict[str, int] = {}
     matrices = []
     for t in r.tensors:

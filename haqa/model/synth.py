@@ -190,8 +190,9 @@ def write_synthetic(shape: Shape, out: Path, *, name: str, seed: int = 0) -> Pat
 
 
 def is_synthetic(path: Path) -> bool:
-    reader = gguf.GGUFReader(str(path))
-    f = reader.fields.get(SYNTHETIC_KEY)
+    from haqa.model.gguf_facts import open_gguf
+
+    f = open_gguf(path).fields.get(SYNTHETIC_KEY)
     return bool(f is not None and f.contents())
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 
+import gguf
+import numpy as np
 import pytest
 
 from haqa.errors import UserError
-from haqa.model.gguf_facts import read_facts
+from haqa.model.gguf_facts import LONG_ARRAY, open_gguf, read_facts
 from tests.support.files import write_tiny_gguf
 
 
@@ -41,3 +43,32 @@ def test_truncated_gguf(tmp_path, tiny_gguf):
     p.write_bytes(tiny_gguf.read_bytes()[:40])
     with pytest.raises(UserError, match="truncated or corrupt"):
         read_facts(p)
+
+
+def test_metadata_and_tensors_read_as_gguf_reads_them_without_the_tokenizers_long_arrays(tmp_path):
+    """The vocabulary, its token types and merges (long arrays) are skipped, not parsed element by element;
+    every other field, the short per-layer arrays and the tensor table read exactly as gguf's reader reads them."""
+    path = tmp_path / "vocab.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    n = LONG_ARRAY + 5000
+    w.add_token_list([f"tok{i}-\u00e9" for i in range(n)])
+    w.add_token_types([1] * n)
+    w.add_array("llama.attention.sliding_window_pattern", [True, False, True])
+    w.add_block_count(3)
+    w.add_name("after the long arrays")
+    w.add_tensor("token_embd.weight", np.zeros((16, 8), dtype=np.float32))
+    w.add_tensor("blk.0.attn_q.weight", np.ones((8, 8), dtype=np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    fast, full = open_gguf(path), gguf.GGUFReader(str(path))
+    assert list(fast.fields) == list(full.fields)
+    assert fast.fields["tokenizer.ggml.tokens"].contents() == []
+    assert fast.fields["tokenizer.ggml.token_type"].contents() == []
+    assert len(full.fields["tokenizer.ggml.tokens"].contents()) == n
+    for key in ("llama.attention.sliding_window_pattern", "llama.block_count", "general.name"):
+        assert fast.fields[key].contents() == full.fields[key].contents(), key
+    assert [(t.name, t.tensor_type, t.n_bytes, t.data_offset) for t in fast.tensors] == \
+           [(t.name, t.tensor_type, t.n_bytes, t.data_offset) for t in full.tensors]
+    assert np.array_equal(fast.tensors[1].data, full.tensors[1].data)
