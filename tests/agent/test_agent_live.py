@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from haqa.config import load_target
+from haqa.paths import cache_home
 from haqa.runner import LocalRunner
 from haqa.toolchain import ensure_toolchain
+from tests.support.homes import shared_home
 from tests.support.net import free_port
 
 pytestmark = pytest.mark.slow
@@ -49,11 +51,8 @@ gen_tokens = 16
 def project(tmp_path) -> Path:
     (tmp_path / "recipes").mkdir()
     (tmp_path / "recipes" / "smol-agent.toml").write_text(RECIPE.replace("{trials}", "3"))
-    (tmp_path / "home").mkdir()
-    real = Path(os.environ.get("HAQA_HOME") or Path.home() / ".cache" / "haqa")
-    for sub in ("sources", "src", "toolchains", "models"):  # share builds and models, not trials
-        (real / sub).mkdir(parents=True, exist_ok=True)
-        (tmp_path / "home" / sub).symlink_to(real / sub)
+    # Shared: builds, models, the corpus and the reference logits (content-keyed caches); not the trials.
+    shared_home(tmp_path / "home", cache_home(), ("sources", "src", "toolchains", "models", "corpora", "results"))
     return tmp_path
 
 

@@ -24,9 +24,11 @@ HAQA = [sys.executable, "-m", "haqa"]
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory) -> Path:
-    """A haqa home that shares the built toolchain and fetched models but no measurements, so the
-    deploy below measures every candidate for real instead of reading earlier results."""
-    return shared_home(tmp_path_factory.mktemp("haqa-home"), cache_home(), ("sources", "src", "toolchains", "models"))
+    """A haqa home that shares the built toolchain, the fetched models and the reference logits (caches
+    keyed by content) but no measurements, so the deploy below measures every candidate for real instead
+    of reading earlier results."""
+    return shared_home(tmp_path_factory.mktemp("haqa-home"), cache_home(),
+                       ("sources", "src", "toolchains", "models", "corpora", "results"))
 
 
 def run_haqa(home: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:
