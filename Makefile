@@ -1,6 +1,7 @@
 # haqa: the two commands a user needs are `make deploy` and `make test`.
 # Each creates .venv when it is missing and installs haqa with what it needs first: a deploy needs haqa
-# alone; the tests also need the test and embedded extras (the embedded one compiles llama-cpp-python).
+# alone; the tests also need the test and embedded extras (llama-cpp-python's Python code, which loads haqa's
+# own llama.cpp build).
 
 PYTHON  ?= python3
 VENV    ?= .venv
@@ -12,22 +13,15 @@ STAMP   := $(VENV)/.haqa-installed
 DEPLOY_STAMP := $(VENV)/.haqa-deploy-installed
 PYTEST_ARGS ?=
 
-# llama-cpp-python (the embedded extra) compiles llama.cpp while it installs: use every core for that too.
-export CMAKE_BUILD_PARALLEL_LEVEL := $(JOBS)
-
-# GCC before 13 drops the AMX tile shapes in _tile_loadconfig, so llama.cpp's AMX kernels die with SIGILL
-# (haqa/toolchain/build.py says more; haqa's own llama.cpp builds leave AMX out the same way). On a CPU
-# with AMX and such a compiler, llama-cpp-python is compiled without AMX, never from pip's wheel cache.
-NO_AMX    := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
-GCC_MAJOR := $(shell c++ --version 2>/dev/null | grep -q 'Free Software Foundation' && c++ -dumpversion 2>/dev/null | cut -d. -f1)
-AMX_CPU   := $(shell grep -qwE 'amx_tile|amx_int8' /proc/cpuinfo 2>/dev/null && echo yes)
-LLAMA_CPP_BUILD_ENV := $(if $(and $(AMX_CPU),$(GCC_MAJOR)),$(shell [ $(GCC_MAJOR) -lt 13 ] && echo 'CFLAGS="$(NO_AMX)" CXXFLAGS="$(NO_AMX)" PIP_NO_CACHE_DIR=1'))
-# The wheel compiled that way is kept in haqa's cache, keyed by the flags, the compiler and the CPU, so the
-# next install (a clean clone, CI) takes it instead of compiling llama.cpp again (about 10 minutes here).
+# llama-cpp-python (the embedded extra) is installed as its Python code only, on Linux: its own llama.cpp
+# would compile for 5 to 10 minutes, and its bindings load the library linked from haqa's own build instead
+# (haqa/toolchain/bindings.py). That wheel is built once into haqa's cache, never into pip's, where a plain
+# `pip install llama-cpp-python` elsewhere would find a wheel without a library. Elsewhere (macOS) pip
+# builds llama-cpp-python whole.
 LLAMA_CPP_PYTHON := $(shell sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
 HAQA_CACHE := $(or $(HAQA_HOME),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/haqa)
-WHEEL_KEY  := $(shell (echo '$(LLAMA_CPP_BUILD_ENV)'; c++ --version 2>/dev/null | head -n 1; grep -m 1 '^flags' /proc/cpuinfo 2>/dev/null) | sha256sum | cut -c1-16)
-WHEELHOUSE := $(HAQA_CACHE)/wheels/llama-cpp-python-$(WHEEL_KEY)
+BINDINGS_ONLY := $(filter Linux,$(shell uname -s 2>/dev/null))
+WHEELHOUSE := $(HAQA_CACHE)/wheels/llama-cpp-python-$(LLAMA_CPP_PYTHON)-python-only
 
 .PHONY: help install install-test deploy prepare test test-fast lint bench bench-quick clean
 
@@ -45,9 +39,10 @@ $(VENV)/bin/python:
 
 # haqa with the test and embedded extras (it also satisfies a deploy).
 $(STAMP): pyproject.toml | $(VENV)/bin/python
-ifneq ($(LLAMA_CPP_BUILD_ENV),)
+ifneq ($(BINDINGS_ONLY),)
 	@ls '$(WHEELHOUSE)'/llama_cpp_python-$(LLAMA_CPP_PYTHON)-*.whl >/dev/null 2>&1 || \
-	  $(LLAMA_CPP_BUILD_ENV) $(BIN)/python -m pip wheel --no-deps --wheel-dir '$(WHEELHOUSE)' 'llama-cpp-python==$(LLAMA_CPP_PYTHON)'
+	  CMAKE_ARGS='-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF' PIP_NO_CACHE_DIR=1 \
+	  $(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir '$(WHEELHOUSE)' 'llama-cpp-python==$(LLAMA_CPP_PYTHON)'
 	$(BIN)/python -m pip install --find-links '$(WHEELHOUSE)' -e '.[test,embedded]'
 else
 	$(BIN)/python -m pip install -e '.[test,embedded]'

@@ -1,5 +1,5 @@
-"""Build llama-bench, llama-quantize, llama-perplexity and llama-server on the device, cached by
-(source hash, CMake options): a second build with the same inputs is a cache hit."""
+"""Build llama.cpp's tools (TOOLS) on the device, cached by (source hash, CMake options): a second build
+with the same inputs is a cache hit."""
 
 from __future__ import annotations
 
@@ -16,12 +16,15 @@ from haqa.errors import UserError
 from haqa.runner.base import Runner
 from haqa.toolchain.source import LLAMA_CPP_PYTHON_VERSION, LlamaCppSource, llama_cpp_source
 
-TOOLS = ("llama-bench", "llama-quantize", "llama-perplexity", "llama-server")
+# Speed (one stream, and parallel sequences: server slots), quantization, quality (KLD) and the importance
+# matrix it can use, and the server a bundle ships.
+TOOLS = ("llama-bench", "llama-batched-bench", "llama-quantize", "llama-imatrix", "llama-perplexity", "llama-server")
 
 # Options every build gets; the target's [build.cmake] table is laid over them.
 BASE_OPTIONS = {
     "CMAKE_BUILD_TYPE": "Release",
     "BUILD_SHARED_LIBS": "OFF",          # static tools: the bundle can carry llama-server as one file
+    "CMAKE_POSITION_INDEPENDENT_CODE": "ON",  # so the same archives also link the bindings' library (bindings.py)
     "LLAMA_BUILD_TESTS": "OFF",
     "LLAMA_BUILD_EXAMPLES": "OFF",
     "LLAMA_USE_PREBUILT_UI": "OFF",      # the prebuilt web UI is a download; devices may be offline

@@ -134,8 +134,9 @@ def test_the_bundles_llama_server_was_load_tested_against_the_default_deployment
 
 
 def test_bundled_gguf_loads_in_llama_cpp_python(bundle):
-    from llama_cpp import Llama
+    from haqa.toolchain.bindings import llama_class
 
+    Llama = llama_class()  # noqa: N806 - the bindings' class, with this machine's llama.cpp library
     gguf_file = next(bundle.glob("*.gguf"))
     llm = Llama(model_path=str(gguf_file), n_ctx=256, n_threads=2, verbose=False)
     try:

@@ -109,6 +109,24 @@ def test_second_build_is_a_cache_hit():
 
 
 @pytest.mark.slow
+def test_the_bindings_library_is_linked_from_this_machines_build_and_loads():
+    """libllama.so from the toolchain's own archives: it loads, answers llama.cpp's C API with this build's
+    CPU features, and is linked once."""
+    import ctypes
+
+    from haqa.toolchain.bindings import bindings_library
+
+    toolchain = ensure_toolchain(LocalRunner(), load_target("local"))
+    library = bindings_library(toolchain)
+    assert library.parent.parent == toolchain.root / "build" and library.is_file()
+    lib = ctypes.CDLL(str(library))
+    lib.llama_print_system_info.restype = ctypes.c_char_p
+    assert b"CPU" in lib.llama_print_system_info()
+    mtime = library.stat().st_mtime_ns
+    assert bindings_library(toolchain) == library and library.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.slow
 def test_failed_build_shows_log_tail_and_advice(tmp_path, monkeypatch):
     """A real CMake run that cannot find its compiler: the error carries the log and what to install.
     (A target file may not name a compiler, issue 14; the device's environment can, as CXX.)"""

@@ -104,16 +104,18 @@ class EmbeddedBackend(Backend):
 
         if importlib.util.find_spec("llama_cpp") is None:
             raise UserError("`--agent embedded` needs llama-cpp-python, which is not installed (a plain `make deploy` "
-                            "leaves it out: it compiles llama.cpp for minutes)",
-                            hint="install the embedded extra: `.venv/bin/pip install -e '.[embedded]'` in the checkout "
-                                 "(`make prepare` does it), or `pip install 'haqa[embedded]'`; or pick another --agent")
+                            "leaves it out)",
+                            hint="install the embedded extra: `make install-test` in the checkout (its Python code "
+                                 "only, loading haqa's own llama.cpp build), or `pip install -e '.[embedded]'` / "
+                                 "`pip install 'haqa[embedded]'` (compiles llama.cpp for minutes); "
+                                 "or pick another --agent")
 
     @property
     def llm(self):
         if self._llm is None:  # loaded on the first question: a resumed search may ask none
-            from llama_cpp import Llama
+            from haqa.toolchain.bindings import llama_class
 
-            self._llm = Llama(model_path=self._path, n_ctx=4096, n_threads=self._threads, verbose=False, seed=0)
+            self._llm = llama_class()(model_path=self._path, n_ctx=4096, n_threads=self._threads, verbose=False, seed=0)
         return self._llm
 
     def complete(self, messages, schema, temperature=0.2):
