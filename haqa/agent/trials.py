@@ -42,6 +42,9 @@ class DeviceTrials:
     target: Target
     shape_for: ShapeFor
     policy: SpeedPolicy = SPEED_POLICY
+    # KLD depends on the weights and the KV-cache types only (llama-perplexity gets no other knob): a candidate
+    # that differs in threads, batch sizes, flash attention, repacking or polling reuses the measurement.
+    _qualities: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def key(self, cand: Candidate) -> str:
         """What keeps a stored trial valid: the candidate, the source, the toolchain, the reference, the
@@ -60,23 +63,30 @@ class DeviceTrials:
 
     def __call__(self, cand: Candidate) -> Trial:
         config, w = cand.config, self.workload
-        tools = "llama-bench" if self.synthetic else "llama-bench and llama-perplexity"
-        ui.note(f"measuring {cand.quant} (KV {config.cache_type_k}, {config.threads} threads, "
-                f"fa {config.flash_attn}, ub {config.ubatch_size}, repack {config.repack}) with {tools}")
         try:
             candidate, sha = self.prepare(cand.quant)
+            known = (sha, config.cache_type_k, config.cache_type_v) in self._qualities
+            tools = "llama-bench" + ("" if self.synthetic else " (its KLD is known)" if known else
+                                     " and llama-perplexity")
+            ui.note(f"measuring {cand.quant} (KV {config.cache_type_k}, {config.threads} threads, "
+                    f"fa {config.flash_attn}, ub {config.ubatch_size}, repack {config.repack}) with {tools}")
             bench = run_bench(self.runner, self.toolchain, candidate, config, prompt_tokens=w.prompt_tokens,
                               gen_tokens=w.gen_tokens, policy=self.policy,
                               log_path=self.runner.local_dir("logs") / f"bench-{cand.key}.log")
-            quality = None
-            if not self.synthetic:
-                quality = measure_quality(self.runner, self.toolchain, candidate, self.reference, self.corpus,
-                                          self.settings, threads=config.prefill_threads,
-                                          cache_type_k=config.cache_type_k, cache_type_v=config.cache_type_v)
+            quality = None if self.synthetic else self.quality(candidate, sha, config)
             return Trial(cand.quant, config, bench, quality, sha, memory=self.memory_record(candidate, cand, bench))
         except ToolFailed as e:
             ui.note(f"{cand.quant}: failed ({failure_cause(e)}): {str(e).splitlines()[0]}")
             return Trial(cand.quant, config, None, error=str(e)[-2000:], cause=failure_cause(e))
+
+    def quality(self, candidate, sha: str, config):
+        """The candidate's KLD, measured once per (weights, KV-cache types) in this run."""
+        kv = (sha, config.cache_type_k, config.cache_type_v)
+        if kv not in self._qualities:
+            self._qualities[kv] = measure_quality(self.runner, self.toolchain, candidate, self.reference, self.corpus,
+                                                  self.settings, threads=config.prefill_threads,
+                                                  cache_type_k=config.cache_type_k, cache_type_v=config.cache_type_v)
+        return self._qualities[kv]
 
     def memory_record(self, candidate, cand: Candidate, bench: BenchResult) -> dict:
         """The memory model's predictions (the deployment, the llama-bench runs) beside the measured peak."""

@@ -22,6 +22,7 @@ from haqa.measure.bench import BenchResult, Throughput
 from haqa.measure.drift import DriftGuard
 from haqa.model import memory
 from haqa.model.budget import MemoryGate, gpu_budget_bytes, host_budget_bytes
+from haqa.runner import LocalRunner
 from haqa.runtime import RuntimeConfig
 
 RECIPE = load_recipe("smollm2-135m")
@@ -249,3 +250,34 @@ def test_a_search_teaches_the_gate_and_so_does_a_resume(space, tmp_path):
     assert resumed.resume(space) == 1
     assert fresh_gate.out_of_memory and fresh_gate.out_of_memory[0][2].startswith("Q8_0")
     store.close()
+
+
+def test_a_candidate_that_differs_only_in_runtime_flags_reuses_its_kld(monkeypatch, tmp_path):
+    """llama-perplexity gets the weights and the KV-cache types, nothing else: a one-knob neighbour (threads,
+    flash attention...) reuses the measured KLD, a different KV type or quant is measured."""
+    from haqa.agent import trials as trials_module
+    from haqa.measure.quality import Quality
+
+    measured: list[tuple] = []
+
+    def quality(runner, toolchain, candidate, reference, corpus, settings, *, threads, cache_type_k, cache_type_v):
+        measured.append((candidate, cache_type_k, threads))
+        return Quality(kld_mean=0.01, kld_err=0.0, kld_p99=None, same_top_p=99.0, same_top_p_err=0.1, ppl_ratio=1.0,
+                       ppl_ratio_err=0.0, ppl=10.0, ppl_base=10.0, tokens_scored=100, corpus_sha256="c", reference="r")
+
+    monkeypatch.setattr(trials_module, "measure_quality", quality)
+    monkeypatch.setattr(trials_module, "run_bench", lambda *a, **k: _bench(SPEED["Q4_0"]))
+    device = trials_module.DeviceTrials(
+        runner=LocalRunner(tmp_path), toolchain=None, device_source=None, model=None, source_type="Q4_1",
+        synthetic=False, reference="ref.kld", corpus=None, settings=None, workload=RECIPE.workload,
+        target=load_target("rpi5-8gb"),
+        shape_for=None)
+    monkeypatch.setattr(device, "prepare", lambda quant: (f"{quant}.gguf", f"sha-{quant}"))
+    monkeypatch.setattr(device, "memory_record", lambda *a: {})
+    base = RuntimeConfig(threads=4, ctx_size=2048)
+    for quant, config in (("Q4_0", base), ("Q4_0", dataclasses.replace(base, threads=1)),
+                          ("Q4_0", dataclasses.replace(base, flash_attn="off", ubatch_size=128)),
+                          ("Q4_0", dataclasses.replace(base, cache_type_k="q8_0", cache_type_v="q8_0")),
+                          ("Q8_0", base)):
+        assert device(Candidate(quant, config)).quality.kld_mean == 0.01
+    assert measured == [("Q4_0.gguf", "f16", 4), ("Q4_0.gguf", "q8_0", 4), ("Q8_0.gguf", "f16", 4)]
