@@ -22,7 +22,7 @@ from haqa.agent.search import Search, StopRule, observation
 from haqa.agent.select import NothingFeasible, Trial, choose, within_budget
 from haqa.agent.space import SearchSpace, build_space
 from haqa.agent.store import TrialStore, store_path
-from haqa.agent.trials import SPEED_POLICY, DeviceTrials
+from haqa.agent.trials import DeviceTrials, speed_policy
 from haqa.bundle import write_bundle
 from haqa.bundle.destination import check_destination
 from haqa.bundle.lock.build import build as build_lock
@@ -146,7 +146,7 @@ def _prepare(runner, target: Target, recipe: Recipe, model, source_facts, corpus
     measure = DeviceTrials(runner=runner, toolchain=toolchain, device_source=device_source, model=model,
                            source_type=source_facts.file_type, synthetic=source_facts.synthetic, reference=reference,
                            corpus=corpus, settings=settings, workload=recipe.workload, target=target,
-                           shape_for=shape_for, policy=SPEED_POLICY)
+                           shape_for=shape_for, policy=speed_policy(recipe))
     return Prepared(space, gate, base, toolchain, measure)
 
 
@@ -272,7 +272,7 @@ def _bundle(runner, prepared: Prepared, search: Search, proposer, agent_used: st
                       toolchain=prepared.toolchain, model_file=candidate, winner=winner,
                       trials=[(f.trial, f.proposer, f.rationale) for f in search.trials.values()],
                       measured_on=runner.describe(), corpus=corpus, settings=measure.settings,
-                      speed_policy=SPEED_POLICY, guard=guard if search.new_trials else None, reruns=search.reruns,
+                      speed_policy=measure.policy, guard=guard if search.new_trials else None, reruns=search.reruns,
                       selection=selection, comparison=comparison)
     out = out or Path("dist") / label
     bundle = write_bundle(out, model=candidate, model_name=f"{recipe.name}-{winner.quant}.gguf", server_binary=server,

@@ -124,7 +124,7 @@ def deploy_from_lock(lock_path: Path, target_name: str | None = None, out: Path 
     quant, config = locked_choice(lock, target, recipe, model, source_facts)
     ui.step(f"reproducing {label} from {lock_path}: {quant}, {config.describe()} (no search)")
 
-    from haqa.agent.trials import SPEED_POLICY
+    from haqa.agent.trials import speed_policy
     from haqa.model.budget import predicted_peak
     from haqa.pipeline import prepare_device, reference_for
 
@@ -141,7 +141,8 @@ def deploy_from_lock(lock_path: Path, target_name: str | None = None, out: Path 
         ui.note(f"{quant}: sha256 {sha[:12]} {same}")
         w = recipe.workload
         bench = run_bench(runner, toolchain, candidate, config, prompt_tokens=w.prompt_tokens, gen_tokens=w.gen_tokens,
-                          policy=SPEED_POLICY, log_path=runner.local_dir("logs") / f"bench-from-lock-{quant}.log")
+                          policy=speed_policy(recipe),
+                          log_path=runner.local_dir("logs") / f"bench-from-lock-{quant}.log")
         corpus = load_corpus(recipe.quality.corpus, recipe_file.parent)
         settings = QualitySettings(ctx=recipe.quality.ctx, chunks=recipe.quality.chunks)
         quality = None

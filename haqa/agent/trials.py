@@ -24,6 +24,12 @@ from haqa.model.budget import ShapeFor, predicted_peak
 SPEED_POLICY = SpeedPolicy()
 
 
+def speed_policy(recipe) -> SpeedPolicy:
+    """The recipe's [search] repetitions, max_repetitions and rse_target (SPEED_POLICY by default)."""
+    s = recipe.search
+    return SpeedPolicy(repetitions=s.repetitions, rse_target=s.rse_target, max_repetitions=s.max_repetitions)
+
+
 @dataclass
 class DeviceTrials:
     """measure(candidate) -> Trial on `runner`'s device. A tool that fails gives a failed Trial with its

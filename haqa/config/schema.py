@@ -241,6 +241,12 @@ class Search(_Strict):
     # rounds x requests per client (each of the workload's `concurrency` clients). 0 rounds skips it.
     load_rounds: int = Field(default=3, ge=0, le=10)
     load_requests: int = Field(default=2, ge=1, le=50)
+    # How hard a trial tries for a stable speed figure: llama-bench samples, `repetitions` at a time, until the
+    # relative standard error of the mean is below rse_target or max_repetitions are taken (a slow device may
+    # want fewer; a noisy one cannot reach 2 % and takes them all).
+    repetitions: int = Field(default=3, ge=1, le=50)
+    max_repetitions: int = Field(default=9, ge=1, le=200)
+    rse_target: float = Field(default=0.02, gt=0, le=1)
 
     @field_validator("quants")
     @classmethod
@@ -254,6 +260,12 @@ class Search(_Strict):
         if len(set(v)) != len(v):
             raise ValueError("quants are listed more than once")
         return v
+
+    @model_validator(mode="after")
+    def _repetitions(self) -> Search:
+        if self.max_repetitions < self.repetitions:
+            raise ValueError(f"max_repetitions ({self.max_repetitions}) is below repetitions ({self.repetitions})")
+        return self
 
 
 class Quality(_Strict):

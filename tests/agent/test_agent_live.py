@@ -36,6 +36,7 @@ quants = ["Q8_0", "Q4_1", "Q4_0"]
 max_trials = {trials}
 patience = 10
 compare_rounds = 0  # the side-by-side comparison is tested in test_deploy.py
+max_repetitions = 3  # the proposers' flow is under test here; the default policy in test_deploy.py
 [quality]
 max_kld = 0.1
 chunks = 4

@@ -56,6 +56,9 @@ RECIPE_CASES = {
     "missing section": (GOOD_RECIPE.replace("[quality]\nmax_kld = 0.05\n", ""), ["missing required key 'quality'"]),
     "negative budget": (GOOD_RECIPE.replace("max_kld = 0.05", "max_kld = -1"), ["quality.max_kld", "greater than 0"]),
     "context too small": (GOOD_RECIPE.replace("min_context = 4096", "min_context = 16"), ["workload.min_context"]),
+    "fewer repetitions at most than at least": (
+        GOOD_RECIPE.replace('"Q4_K_M"]\n', '"Q4_K_M"]\nrepetitions = 5\nmax_repetitions = 3\n'),
+        ["max_repetitions (3) is below repetitions (5)"]),
 }
 
 

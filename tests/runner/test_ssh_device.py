@@ -40,6 +40,7 @@ compare_rounds = 1
 compare_repetitions = 2
 load_rounds = 1
 load_requests = 1
+max_repetitions = 3
 [quality]
 max_kld = 0.1
 ctx = 256

@@ -40,6 +40,7 @@ quants = {quants}
 max_trials = {trials}
 patience = 10
 compare_rounds = 0
+max_repetitions = 3
 [quality]
 max_kld = 0.1
 [workload]
