@@ -17,8 +17,10 @@ from haqa.measure.bench import SpeedPolicy, run_bench
 from haqa.runtime import RuntimeConfig
 
 STEP = 256
-# One figure at the chosen context's depth: fewer repetitions than the search's, it decides nothing.
-DEPTH_POLICY = SpeedPolicy(repetitions=2, rse_target=0.05, max_repetitions=4)
+# One figure at the chosen context's depth, from one llama-bench invocation: it fills the KV cache to the
+# depth once and keeps that state between its repetitions, where a top-up (a second invocation) would fill it
+# again (the most costly part: minutes for a long context on a small device). It decides nothing.
+DEPTH_POLICY = SpeedPolicy(repetitions=3, rse_target=1.0, max_repetitions=3)
 
 
 @dataclass
