@@ -15,6 +15,7 @@ from haqa.cli import cli
 from haqa.probe import local_facts
 from tests.support.bundles import CONFIG, LABEL, RECIPE, make_bundle
 from tests.support.files import write_tiny_gguf
+from tests.support.homes import REAL_HOME, shared_home
 from tests.support.sshd import SSHD, device_env, start_server
 
 
@@ -42,10 +43,13 @@ def pytest_configure(config):
 
 @pytest.fixture(autouse=True)
 def own_haqa_home(request, tmp_path_factory, monkeypatch):
-    """A fast test never writes into the real haqa cache: it gets a HAQA_HOME of its own (a test may set
-    another). Slow tests keep the real one, where `make prepare` put the toolchain and the model."""
+    """A fast test gets a HAQA_HOME of its own (a test may set another), sharing only the pinned llama.cpp
+    source with the real one: every deploy reads its list of architectures, and fetching the 75 MB sdist took
+    seconds per test (it is downloaded into the real cache once, if `make prepare` has not). Slow tests keep
+    the real home, where `make prepare` put the toolchain and the model."""
     if request.node.get_closest_marker("slow") is None:
-        monkeypatch.setenv("HAQA_HOME", str(tmp_path_factory.mktemp("haqa-home")))
+        home = shared_home(tmp_path_factory.mktemp("haqa-home"), REAL_HOME, ("sources",))
+        monkeypatch.setenv("HAQA_HOME", str(home))
 
 @pytest.fixture
 def project(tmp_path, monkeypatch) -> Project:

@@ -24,7 +24,7 @@ from haqa.reproduce import deploy_from_lock, read_lock
 from haqa.runtime import RuntimeConfig
 from tests.support.bundles import DEPLOYED, LOCK_DAMAGE, edit_lock, replace_file
 from tests.support.files import write_tiny_gguf
-from tests.support.homes import REAL_HOME
+from tests.support.homes import REAL_HOME, shared_home
 
 CONFIG = RuntimeConfig(threads=2, threads_batch=2, ctx_size=1024, cache_type_k="q8_0", cache_type_v="q8_0")
 
@@ -56,9 +56,7 @@ ram_gib = 8
 @pytest.fixture
 def bundle(project, tmp_path, monkeypatch) -> Path:
     home, real = tmp_path / "haqa-home", REAL_HOME
-    (real / "sources").mkdir(parents=True, exist_ok=True)
-    home.mkdir()
-    (home / "sources").symlink_to(real / "sources")  # the llama.cpp source (its list of architectures) only
+    shared_home(home, real, ("sources",))  # the llama.cpp source (its list of architectures) only
     monkeypatch.setenv("HAQA_HOME", str(home))
     model = write_tiny_gguf(tmp_path / "tiny.gguf")
     project.write("recipes/tiny.toml", RECIPE.format(model=model))

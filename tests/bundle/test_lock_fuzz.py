@@ -26,7 +26,7 @@ from haqa.hashing import sha256_file
 from haqa.runtime import RuntimeConfig
 from tests.support.bundles import DEPLOYED
 from tests.support.files import write_tiny_gguf
-from tests.support.homes import REAL_HOME
+from tests.support.homes import REAL_HOME, shared_home
 from tests.support.strategies import scalars
 
 CONFIG = RuntimeConfig(threads=2, threads_batch=2, ctx_size=1024)
@@ -64,9 +64,7 @@ def fuzz_project(tmp_path_factory):
     """(project root, the good lock, the good bundle): made once, copied per example."""
     root = tmp_path_factory.mktemp("lock-fuzz")
     home, real = root / "haqa-home", REAL_HOME
-    (real / "sources").mkdir(parents=True, exist_ok=True)
-    home.mkdir()
-    (home / "sources").symlink_to(real / "sources")  # the llama.cpp source's list of architectures
+    shared_home(home, real, ("sources",))  # the llama.cpp source (its list of architectures) only
     (root / "targets").mkdir()
     (root / "recipes").mkdir()
     model = write_tiny_gguf(root / "tiny.gguf")
