@@ -201,27 +201,34 @@ def test_from_lock_reproduces_the_choice_without_searching(bundle, home, tmp_pat
 
 
 def test_context_max_deploys_the_largest_context_that_fits_and_measures_its_depth(home, tmp_path):
-    """`context = "max"` on this machine: SmolLM2's training context (8192) fits its RAM, so the bundle
-    gets it, the memory model's prediction for it is recorded, and decode is measured at its depth."""
+    """`context = "max"` on this machine as a device with 1.2 GiB of RAM (1 GiB of it headroom): the bundle
+    gets the largest context the memory model lets Q4_1 have there (below SmolLM2's training context, 8192),
+    the predictions for it and for one step more are recorded, and decode is measured at its depth."""
     text = (REPO / "recipes" / "smollm2-135m.toml").read_text()
     text = text.replace('name = "smollm2-135m"', 'name = "smollm2-ctx"')
     text = re.sub(r'(?m)^quants = .*$', 'quants = ["Q4_1"]\ncompare_rounds = 0', text)  # the source's own
     text = re.sub(r"(?m)^max_trials = .*$", "max_trials = 1", text)
     text = text.replace("[workload]\n", '[workload]\ncontext = "max"\n')
-    (tmp_path / "recipes").mkdir()
+    for folder in ("recipes", "targets"):
+        (tmp_path / folder).mkdir()
     (tmp_path / "recipes" / "smollm2-ctx.toml").write_text(text)
+    (tmp_path / "targets" / "local-small.toml").write_text(
+        'name = "local-small"\ndescription = "this machine, as a device with 1.2 GiB of RAM"\ndetect = true\n'
+        '[hardware]\nram_gib = 1.2\n[connect]\nkind = "local"\n[limits]\nmemory_headroom_gib = 1.0\n')
     out = tmp_path / "dist"
-    proc = subprocess.run([*HAQA, "deploy", "--target", "local", "--recipe", "smollm2-ctx", "--out", str(out),
+    proc = subprocess.run([*HAQA, "deploy", "--target", "local-small", "--recipe", "smollm2-ctx", "--out", str(out),
                            "--agent", "heuristic"], cwd=tmp_path, capture_output=True, text=True, timeout=1800,
                           env={**os.environ, "HAQA_HOME": str(home)})
     assert proc.returncode == 0, proc.stderr
     lock = json.loads((out / "haqa.lock.json").read_text())
     context = lock["selection"]["context"]
-    assert context["tokens"] == lock["runtime"]["ctx_size"] == 8192
-    assert "training context (8192)" in context["why"] and context["predicted_host_bytes"] > 0
-    assert lock["runtime"]["server_args"][lock["runtime"]["server_args"].index("--ctx-size") + 1] == "8192"
+    tokens, budget = context["tokens"], 0.2 * 2**30
+    assert tokens == lock["runtime"]["ctx_size"] and tokens % 256 == 0 and 2048 < tokens < 8192
+    assert context["why"].startswith("the largest context that fits; ") and f"{tokens + 256} does not" in context["why"]
+    assert context["predicted_host_bytes"] <= budget < context["next_step_predicted_host_bytes"]
+    assert lock["runtime"]["server_args"][lock["runtime"]["server_args"].index("--ctx-size") + 1] == str(tokens)
     check = context["depth_check"]
-    assert check["depth"] == 8192 - 64 and check["decode"]["depth"] == 8192 - 64
+    assert check["depth"] == tokens - 64 and check["decode"]["depth"] == tokens - 64
     assert 0 < check["decode"]["mean"] and check["at_search_depth_tps"] > 0
-    assert "context: 8192 tokens" in proc.stderr and "measuring decode at depth 8128" in proc.stderr
-    assert "Context: 8192 tokens" in (out / "REPORT.md").read_text()
+    assert f"context: {tokens} tokens" in proc.stderr and f"measuring decode at depth {tokens - 64}" in proc.stderr
+    assert f"Context: {tokens} tokens" in (out / "REPORT.md").read_text()
