@@ -66,11 +66,14 @@ prepare: $(STAMP)
 	$(BIN)/haqa recipes fetch smollm2-135m
 	$(BIN)/haqa toolchain build --target local --jobs $(JOBS)
 
+# The fast tests on every core at once; then the slow ones one at a time: they measure llama.cpp, and their
+# figures need the machine to themselves.
 test: prepare
-	$(BIN)/python -m pytest --durations=20 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m 'not slow' -n $(JOBS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m slow --durations=20 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m 'not slow' $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m 'not slow' -n $(JOBS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
